@@ -1,0 +1,36 @@
+# colbert-lightning: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first and pinned: a looser request pulls a multi-GB CUDA build
+	$(BIN)/pip install torch==$(TORCH_VERSION)
+	$(BIN)/pip install -e '.[test,plots]'
+
+install: $(BIN)/activate ## Create .venv with pinned torch and the package (editable, test extras)
+
+train: $(BIN)/activate ## Train the built-in default (random-init ColBERT on Cranfield); ARGS="key=value ..."
+	$(BIN)/python -m colbert_lightning.train $(ARGS)
+
+test: $(BIN)/activate ## Run the test suite (no network, no GPU)
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(BIN)/activate ## Ruff lint and format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean: ## Remove run outputs (outputs/, multirun/, .cache/); keeps .venv
+	rm -rf outputs multirun .cache lightning_logs wandb
+
+.PHONY: help install train test lint clean
