@@ -1,0 +1,14 @@
+"""The ColBERT model: config, tokenisation and the encoder + projection module."""
+
+from colbert_lightning.modeling.colbert import ColBERT, InitSummary, TokenEmbeddings
+from colbert_lightning.modeling.config import ColBERTConfig
+from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText
+
+__all__ = [
+    "ColBERT",
+    "ColBERTConfig",
+    "ColBERTTokenizer",
+    "InitSummary",
+    "TokenEmbeddings",
+    "TokenizedText",
+]

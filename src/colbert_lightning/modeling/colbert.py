@@ -1,0 +1,227 @@
+"""The ColBERT model: a transformers encoder, a linear projection and L2 normalisation.
+
+This module knows nothing of Lightning, losses or optimisers: it turns tokenised text into
+unit-length token embeddings and says which of them are scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+
+from colbert_lightning.modeling.config import ColBERTConfig
+from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText, load_tokenizer
+from colbert_lightning.scoring import maxsim
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenEmbeddings:
+    """Unit-length token embeddings and the tokens that take part in MaxSim.
+
+    Attributes:
+        embeddings: (B, L, dim) token embeddings.
+        mask: (B, L) True where the token is scored.
+    """
+
+    embeddings: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class InitSummary:
+    """Which parameters came from a checkpoint and which are freshly random, per module.
+
+    Attributes:
+        loaded: parameter counts (numbers, not tensors) loaded, by top-level module name.
+        random: parameter counts initialised at random, by top-level module name.
+        source: where the loaded weights came from, or None.
+    """
+
+    loaded: dict[str, int]
+    random: dict[str, int]
+    source: str | None
+
+    def table(self) -> str:
+        """A small text table for the run's log."""
+        names = sorted(set(self.loaded) | set(self.random))
+        rows = [f"{'module':<28}{'loaded':>12}{'random':>12}"]
+        for name in names:
+            rows.append(f"{name:<28}{self.loaded.get(name, 0):>12,}{self.random.get(name, 0):>12,}")
+        total_loaded, total_random = sum(self.loaded.values()), sum(self.random.values())
+        rows.append(f"{'total':<28}{total_loaded:>12,}{total_random:>12,}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for results.json."""
+        return {"source": self.source, "loaded": self.loaded, "random": self.random}
+
+
+class ColBERT(nn.Module):
+    """Late-interaction retriever: ``normalize(encoder(tokens) @ W.T)`` per token.
+
+    Build one with :meth:`from_config` (fresh, from a ColBERTConfig) or :meth:`from_checkpoint`.
+
+    Args:
+        config: the model's hyper-parameters.
+        encoder: a transformers base model (``AutoModel``) returning ``last_hidden_state``.
+        tokenizer: the ColBERT tokeniser matching the encoder's vocabulary.
+    """
+
+    def __init__(self, config: ColBERTConfig, encoder: nn.Module, tokenizer: ColBERTTokenizer):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.linear = nn.Linear(encoder.config.hidden_size, config.dim, bias=False)
+        self.init_summary: InitSummary | None = None
+
+    @classmethod
+    def from_config(cls, config: ColBERTConfig) -> ColBERT:
+        """A new model: pretrained encoder + random projection, or every weight random."""
+        hf_tokenizer = load_tokenizer(config)
+        loaded_names: set[str] = set()
+        if config.init == "pretrained":
+            encoder, info = AutoModel.from_pretrained(
+                config.name_or_path, output_loading_info=True, **config.encoder_config
+            )
+            missing = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
+            loaded_names = {name for name, _ in encoder.named_parameters()} - missing
+        else:
+            encoder = AutoModel.from_config(_encoder_config(config, vocab_size=len(hf_tokenizer)))
+        _drop_pooler(encoder)
+        if len(hf_tokenizer) > encoder.get_input_embeddings().num_embeddings:
+            encoder.resize_token_embeddings(len(hf_tokenizer))
+            loaded_names.discard(_input_embedding_name(encoder))
+        model = cls(config, encoder, ColBERTTokenizer(hf_tokenizer, config))
+        model.init_summary = _summarise_init(
+            model, {f"encoder.{name}" for name in loaded_names}, config.name_or_path
+        )
+        log.info("ColBERT init (%s):\n%s", config.init, model.init_summary.table())
+        return model
+
+    # ---- encoding -------------------------------------------------------------------------
+
+    def _embed(self, tokens: TokenizedText) -> torch.Tensor:
+        hidden = self.encoder(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+        ).last_hidden_state  # (B, L, hidden)
+        embeddings = self.linear(hidden)  # (B, L, dim)
+        return nn.functional.normalize(embeddings, p=2, dim=-1)
+
+    def encode_queries(self, queries: TokenizedText) -> TokenEmbeddings:
+        """Embed tokenised queries; every position is scored when query augmentation is on."""
+        return TokenEmbeddings(self._embed(queries), queries.scored_mask.bool())
+
+    def encode_documents(self, documents: TokenizedText) -> TokenEmbeddings:
+        """Embed tokenised documents; padding and (by default) punctuation are not scored."""
+        return TokenEmbeddings(self._embed(documents), documents.scored_mask.bool())
+
+    def score(self, queries: TokenEmbeddings, documents: TokenEmbeddings) -> torch.Tensor:
+        """MaxSim scores, (Q, D), of every query against every document."""
+        return maxsim(
+            queries.embeddings,
+            queries.mask,
+            documents.embeddings,
+            documents.mask,
+            self.config.similarity,
+        )
+
+    @torch.inference_mode()
+    def score_texts(self, queries: list[str], documents: list[str]) -> torch.Tensor:
+        """Convenience: MaxSim scores, (Q, D), of query strings against document strings."""
+        device = self.linear.weight.device
+        encoded_queries = self.encode_queries(self.tokenizer.queries(queries).to(device))
+        encoded_documents = self.encode_documents(self.tokenizer.documents(documents).to(device))
+        return self.score(encoded_queries, encoded_documents)
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a checkpoint needs, besides the weights, to rebuild this model offline."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.tokenizer.tokenizer.save_pretrained(folder)
+            tokenizer_files = {
+                name: (Path(folder) / name).read_bytes() for name in sorted(os.listdir(folder))
+            }
+        return {
+            "config": self.config.to_dict(),
+            "encoder_config": self.encoder.config.to_dict(),
+            "tokenizer_files": tokenizer_files,
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> ColBERT:
+        """An untrained model with the architecture and tokeniser recorded in ``metadata``."""
+        config = ColBERTConfig(**metadata["config"])
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in metadata["tokenizer_files"].items():
+                (Path(folder) / name).write_bytes(content)
+            hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+        encoder_config = dict(metadata["encoder_config"])
+        encoder = AutoModel.from_config(AutoConfig.for_model(**encoder_config))
+        _drop_pooler(encoder)
+        return cls(config, encoder, ColBERTTokenizer(hf_tokenizer, config))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str = "cpu") -> ColBERT:
+        """Load a model from a Lightning checkpoint written by training, without its config."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        if "colbert" not in checkpoint:
+            raise ValueError(f"{path} is not a colbert-lightning checkpoint (no 'colbert' entry)")
+        model = cls.from_metadata(checkpoint["colbert"])
+        prefix = "model."
+        state = {
+            key[len(prefix) :]: value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith(prefix)
+        }
+        model.load_state_dict(state)
+        return model
+
+
+def _encoder_config(config: ColBERTConfig, vocab_size: int) -> PretrainedConfig:
+    """The encoder's architecture for ``init=random``: a named config and/or explicit sizes."""
+    overrides = dict(config.encoder_config)
+    if config.name_or_path:
+        encoder_config = AutoConfig.from_pretrained(config.name_or_path, **overrides)
+    else:
+        encoder_config = AutoConfig.for_model(**overrides)
+    if "vocab_size" not in overrides:
+        encoder_config.vocab_size = vocab_size
+    return encoder_config
+
+
+def _drop_pooler(encoder: nn.Module) -> None:
+    # ColBERT never uses the pooled [CLS] output; unused parameters would also break DDP.
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+
+
+def _input_embedding_name(encoder: nn.Module) -> str:
+    embedding = encoder.get_input_embeddings()
+    for name, module in encoder.named_modules():
+        if module is embedding:
+            return f"{name}.weight"
+    raise RuntimeError("the encoder's input embeddings are not among its modules")
+
+
+def _summarise_init(model: nn.Module, loaded: set[str], source: str | None) -> InitSummary:
+    loaded_counts: Counter = Counter()
+    random_counts: Counter = Counter()
+    for name, parameter in model.named_parameters():
+        # Group by the first two levels: encoder.embeddings, encoder.encoder, linear.
+        group = ".".join(name.split(".")[:2]) if name.startswith("encoder.") else name.split(".")[0]
+        counts = loaded_counts if name in loaded else random_counts
+        counts[group] += parameter.numel()
+    return InitSummary(dict(loaded_counts), dict(random_counts), source if loaded else None)

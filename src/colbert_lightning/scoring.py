@@ -1,0 +1,106 @@
+"""MaxSim late interaction, as pure functions on token embeddings.
+
+Convention: a query token's contribution is the maximum similarity over the document's *scored*
+tokens, kept as is when negative (colbert-ai's ``colbert_score``). PyLate's ``colbert_scores``
+instead floors it at 0, because its padded tokens are zero vectors; the two agree whenever every
+query token has a non-negative best match, which is typical after training but not at random init.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from colbert_lightning.modeling.config import Similarity
+
+
+def token_similarity(
+    queries: torch.Tensor, documents: torch.Tensor, similarity: Similarity = "cosine"
+) -> torch.Tensor:
+    """Similarity of every query token with every document token, for all query-document pairs.
+
+    Args:
+        queries: (Q, Lq, dim) query token embeddings.
+        documents: (D, Ld, dim) document token embeddings.
+        similarity: ``cosine`` is the dot product (embeddings are unit vectors); ``l2`` is the
+            negative squared Euclidean distance.
+
+    Returns:
+        (Q, D, Lq, Ld) similarities.
+    """
+    dots = torch.einsum("qid,pjd->qpij", queries, documents)
+    if similarity == "cosine":
+        return dots
+    if similarity == "l2":
+        query_norms = queries.pow(2).sum(-1)[:, None, :, None]  # (Q, 1, Lq, 1)
+        doc_norms = documents.pow(2).sum(-1)[None, :, None, :]  # (1, D, 1, Ld)
+        return 2 * dots - query_norms - doc_norms
+    raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
+
+
+def maxsim(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    documents: torch.Tensor,
+    document_mask: torch.Tensor,
+    similarity: Similarity = "cosine",
+) -> torch.Tensor:
+    """ColBERT scores of every query against every document.
+
+    ``score(q, d) = sum_i max_j sim(q_i, d_j)`` over scored query tokens ``i`` and scored
+    document tokens ``j``. A negative best match counts as negative (no floor at 0).
+
+    Args:
+        queries: (Q, Lq, dim) query token embeddings.
+        query_mask: (Q, Lq) True for query tokens that count.
+        documents: (D, Ld, dim) document token embeddings.
+        document_mask: (D, Ld) True for document tokens that can be matched.
+        similarity: ``cosine`` or ``l2``.
+
+    Returns:
+        (Q, D) scores.
+
+    Example:
+        >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])           # one query, two tokens
+        >>> d = torch.tensor([[[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]]])
+        >>> maxsim(q, torch.tensor([[True, True]]), d, torch.tensor([[True, True, True]]))
+        tensor([[1.8000]])
+        >>> maxsim(q, torch.tensor([[True, True]]), d, torch.tensor([[False, True, True]]))
+        tensor([[1.]])
+    """
+    scores = token_similarity(queries, documents, similarity)  # (Q, D, Lq, Ld)
+    scores = scores.masked_fill(~document_mask.bool()[None, :, None, :], float("-inf"))
+    best = scores.max(dim=-1).values  # (Q, D, Lq)
+    best = best.masked_fill(~query_mask.bool()[:, None, :], 0.0)
+    return best.sum(dim=-1)
+
+
+def maxsim_grouped(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    documents: torch.Tensor,
+    document_mask: torch.Tensor,
+    similarity: Similarity = "cosine",
+) -> torch.Tensor:
+    """ColBERT scores of each query against its own group of documents only.
+
+    Args:
+        queries: (B, Lq, dim) query token embeddings.
+        query_mask: (B, Lq) True for query tokens that count.
+        documents: (B, N, Ld, dim) N documents per query.
+        document_mask: (B, N, Ld) True for document tokens that can be matched.
+        similarity: ``cosine`` or ``l2``.
+
+    Returns:
+        (B, N) scores; ``result[b, n] == maxsim(queries[b:b+1], ..., documents[b, n:n+1], ...)``.
+    """
+    dots = torch.einsum("bid,bnjd->bnij", queries, documents)  # (B, N, Lq, Ld)
+    if similarity == "l2":
+        query_norms = queries.pow(2).sum(-1)[:, None, :, None]
+        doc_norms = documents.pow(2).sum(-1)[:, :, None, :]
+        dots = 2 * dots - query_norms - doc_norms
+    elif similarity != "cosine":
+        raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
+    dots = dots.masked_fill(~document_mask.bool()[:, :, None, :], float("-inf"))
+    best = dots.max(dim=-1).values  # (B, N, Lq)
+    best = best.masked_fill(~query_mask.bool()[:, None, :], 0.0)
+    return best.sum(dim=-1)
