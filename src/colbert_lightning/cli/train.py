@@ -1,0 +1,129 @@
+"""`python -m colbert_lightning.train`: compose the Hydra config, train, write results.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.modeling import ColBERT
+from colbert_lightning.training import AtomicCheckpointIO, RetrievalEvaluation
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model as ``cfg`` describes and return what goes into ``results.json``.
+
+    Tests call this directly with a composed config; the command line goes through :func:`main`.
+    """
+    started = time.time()
+    pl.seed_everything(cfg.seed, workers=True)
+    # Data first: a wrong path or value fails before any model weight is built or loaded.
+    datamodule = instantiate(cfg.data)
+    model = ColBERT.from_config(instantiate(cfg.model))
+    datamodule.tokenizer = model.tokenizer
+    module = instantiate(cfg.module, model=model)
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    loggers = [instantiate(logger) for logger in cfg.logger.values()]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    commit = git_commit()
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": resolved, "git_commit": commit})
+    log.info("ColBERT parameters, loaded vs random:\n%s", model.init_summary.table())
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
+        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")  # the final step, whatever the interval
+    skipped = int(trainer.strategy.reduce(module.skipped_lines, reduce_op="sum"))
+    evaluation = next((c for c in trainer.callbacks if isinstance(c, RetrievalEvaluation)), None)
+    history = evaluation.history if evaluation else []
+    results = {
+        "steps": trainer.global_step,
+        "examples_seen": module.examples_seen,
+        "wall_time_s": round(time.time() - started, 1),
+        "skipped_lines": skipped,
+        "step0": _metrics_at(history, 0),
+        "final": history[-1] if history else None,
+        "best": max(history, key=lambda row: row.get("val/ndcg@10", float("-inf")), default=None),
+        "best_checkpoint": _best_checkpoint(trainer),
+        "init": model.init_summary.to_dict(),
+        "git_commit": commit,
+        "config": resolved,
+    }
+    if trainer.is_global_zero:
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        log.info("%s", summary_table(results))
+        log.info("results: %s", output_dir / "results.json")
+    return results
+
+
+def _metrics_at(history: list[dict[str, float]], step: int) -> dict[str, float] | None:
+    return next((row for row in history if row["step"] == step), None)
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "monitor", None) and callback.best_model_path:
+            return callback.best_model_path
+    return None
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Dev metrics at step 0, at the end and at the best step, as a small text table."""
+    keys = ["val/mrr@10", "val/recall@10", "val/recall@100", "val/ndcg@10"]
+    rows = [("step 0", results["step0"]), ("final", results["final"]), ("best", results["best"])]
+    lines = [f"{'':<8}{'step':>7}" + "".join(f"{key:>16}" for key in keys)]
+    for label, row in rows:
+        if row:
+            cells = "".join(f"{row.get(key, float('nan')):>16.4f}" for key in keys)
+            lines.append(f"{label:<8}{int(row['step']):>7}{cells}")
+    lines.append(
+        f"{results['steps']} steps, {results['examples_seen']} examples, "
+        f"{results['wall_time_s']:.0f} s, {results['skipped_lines']} bad lines skipped"
+    )
+    return "\n".join(lines)
+
+
+def git_commit() -> str | None:
+    """The repository's commit (with '-dirty' for uncommitted changes), or None outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=CONFIG_DIR
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, cwd=CONFIG_DIR,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    results = train(cfg)
+    final = results["final"] or {}
+    return final.get("val/ndcg@10")  # the value optimising sweepers maximise
+
+
+def main() -> None:
+    """Console entry point."""
+    register_resolvers()
+    _hydra_main()

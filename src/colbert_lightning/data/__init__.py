@@ -1,0 +1,16 @@
+"""Reading, preparing, streaming and batching training and evaluation data."""
+
+from colbert_lightning.data.datamodule import ColBERTDataModule, DevFiles, PrepareSpec, TrainFiles
+from colbert_lightning.data.errors import BadLines, DataFormatError
+from colbert_lightning.data.types import TrainingBatch, TrainingExample
+
+__all__ = [
+    "BadLines",
+    "ColBERTDataModule",
+    "DataFormatError",
+    "DevFiles",
+    "PrepareSpec",
+    "TrainFiles",
+    "TrainingBatch",
+    "TrainingExample",
+]

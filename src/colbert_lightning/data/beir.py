@@ -1,0 +1,357 @@
+"""Read a BEIR-layout collection: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+
+Each JSON-lines file may be plain or gzipped (``.jsonl.gz``). The collections this reads are
+evaluation-sized (up to about 100k documents), so everything is held in memory.
+
+Qrels keep every grade, 0 included; a document is *relevant* to a query when its score is > 0.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from colbert_lightning.data.errors import DataFormatError
+
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+Qrels = dict[str, dict[str, int]]
+"""Query id -> document id -> graded relevance (relevant when > 0)."""
+
+
+@dataclass
+class Corpus:
+    """The documents of a collection, in file order.
+
+    Attributes:
+        ids: document ids.
+        texts: ``title + " " + text`` when the title is non-empty, else ``text``; may be empty.
+        path: the file the corpus was read from.
+    """
+
+    ids: list[str]
+    texts: list[str]
+    path: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def empty_count(self) -> int:
+        """Number of documents whose text is empty (kept, but never a useful positive)."""
+        return sum(1 for text in self.texts if not text.strip())
+
+    def index_of(self) -> dict[str, int]:
+        """Map each document id to its row."""
+        return {doc_id: row for row, doc_id in enumerate(self.ids)}
+
+
+@dataclass
+class DevSet:
+    """A corpus, the judged queries and their judgments, ready for evaluation.
+
+    Attributes:
+        corpus_ids: document ids.
+        corpus_texts: document texts, aligned with ``corpus_ids``.
+        queries: query id -> text, only the queries that appear in ``qrels``.
+        qrels: query id -> document id -> grade (all grades, 0 included).
+        candidates: for rerank evaluation, query id -> candidate document ids; else None.
+    """
+
+    corpus_ids: list[str]
+    corpus_texts: list[str]
+    queries: dict[str, str]
+    qrels: Qrels
+    candidates: dict[str, list[str]] | None = None
+
+
+def find_beir_file(root: str | Path, stem: str) -> Path:
+    """Find ``<root>/<stem>.jsonl`` or ``<root>/<stem>.jsonl.gz``.
+
+    Args:
+        root: the collection's folder.
+        stem: ``corpus`` or ``queries``.
+
+    Returns:
+        The path of the one that exists (the plain file when both do).
+
+    Raises:
+        FileNotFoundError: neither exists.
+    """
+    root = Path(root)
+    for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
+        candidate = root / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{root} has neither {stem}.jsonl nor {stem}.jsonl.gz")
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` for every non-blank line, 1-based."""
+    with _open_text(path) as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(
+                    str(path), line_number, f"invalid JSON ({error.msg})"
+                ) from None
+            if not isinstance(record, dict):
+                raise DataFormatError(str(path), line_number, "expected a JSON object")
+            yield line_number, record
+
+
+def _string_field(record: dict, key: str, path: Path, line_number: int) -> str:
+    if key not in record:
+        raise DataFormatError(str(path), line_number, f"missing field {key!r}")
+    value = record[key]
+    if isinstance(value, int) and not isinstance(value, bool) and key == "_id":
+        return str(value)
+    if not isinstance(value, str):
+        raise DataFormatError(
+            str(path), line_number, f"field {key!r} must be a string, got {type(value).__name__}"
+        )
+    return value
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Read a BEIR ``corpus.jsonl[.gz]`` (records ``{"_id", "title", "text"}``).
+
+    A missing ``title`` counts as empty; documents with empty text are kept (see
+    ``Corpus.empty_count``).
+
+    Raises:
+        DataFormatError: bad JSON, a missing ``_id`` or ``text``, or a duplicate id.
+    """
+    path = Path(path)
+    ids: list[str] = []
+    texts: list[str] = []
+    first_seen: dict[str, int] = {}
+    for line_number, record in _read_json_lines(path):
+        doc_id = _string_field(record, "_id", path, line_number)
+        text = _string_field(record, "text", path, line_number)
+        title = _string_field(record, "title", path, line_number) if "title" in record else ""
+        if doc_id in first_seen:
+            raise DataFormatError(
+                str(path),
+                line_number,
+                f"duplicate id {doc_id!r} (first on line {first_seen[doc_id]})",
+            )
+        first_seen[doc_id] = line_number
+        ids.append(doc_id)
+        texts.append(f"{title} {text}" if title.strip() else text)
+    return Corpus(ids=ids, texts=texts, path=str(path))
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    """Read a BEIR ``queries.jsonl[.gz]`` (records ``{"_id", "text"}``) into id -> text.
+
+    Raises:
+        DataFormatError: bad JSON, a missing ``_id`` or ``text``, or a duplicate id.
+    """
+    path = Path(path)
+    queries: dict[str, str] = {}
+    first_seen: dict[str, int] = {}
+    for line_number, record in _read_json_lines(path):
+        query_id = _string_field(record, "_id", path, line_number)
+        text = _string_field(record, "text", path, line_number)
+        if query_id in first_seen:
+            raise DataFormatError(
+                str(path),
+                line_number,
+                f"duplicate id {query_id!r} (first on line {first_seen[query_id]})",
+            )
+        first_seen[query_id] = line_number
+        queries[query_id] = text
+    return queries
+
+
+def _read_qrels_lines(path: Path) -> Iterator[tuple[int, str, str, int]]:
+    """Yield ``(line_number, query_id, doc_id, score)``, checking the header and columns."""
+    with _open_text(path) as lines:
+        for line_number, line in enumerate(lines, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            columns = line.split("\t")
+            if line_number == 1:
+                if tuple(column.strip() for column in columns) != QRELS_HEADER:
+                    raise DataFormatError(
+                        str(path),
+                        line_number,
+                        f"expected the header {'<TAB>'.join(QRELS_HEADER)!r}, got {line!r}",
+                    )
+                continue
+            if len(columns) != 3:
+                raise DataFormatError(
+                    str(path), line_number, f"expected 3 tab-separated columns, got {len(columns)}"
+                )
+            query_id, doc_id, score_text = (column.strip() for column in columns)
+            try:
+                score = int(score_text)
+            except ValueError:
+                raise DataFormatError(
+                    str(path), line_number, f"score must be an integer, got {score_text!r}"
+                ) from None
+            yield line_number, query_id, doc_id, score
+
+
+def load_qrels(
+    path: str | Path,
+    query_ids: set[str] | None = None,
+    doc_ids: set[str] | None = None,
+) -> Qrels:
+    """Read a BEIR qrels TSV (header ``query-id corpus-id score``) with every grade, 0 included.
+
+    Args:
+        path: the ``qrels/<split>.tsv`` file.
+        query_ids: when given, a query id outside this set is an error.
+        doc_ids: when given, a document id outside this set is an error.
+
+    Returns:
+        Query id -> document id -> grade.
+
+    Raises:
+        DataFormatError: a wrong header, a wrong column count, a non-integer score, an unknown
+            query or document id, or the same pair judged twice.
+    """
+    path = Path(path)
+    qrels: Qrels = {}
+    first_seen: dict[tuple[str, str], int] = {}
+    for line_number, query_id, doc_id, score in _read_qrels_lines(path):
+        if query_ids is not None and query_id not in query_ids:
+            raise DataFormatError(str(path), line_number, f"unknown query id {query_id!r}")
+        if doc_ids is not None and doc_id not in doc_ids:
+            raise DataFormatError(str(path), line_number, f"unknown corpus id {doc_id!r}")
+        pair = (query_id, doc_id)
+        if pair in first_seen:
+            raise DataFormatError(
+                str(path),
+                line_number,
+                f"pair ({query_id!r}, {doc_id!r}) judged twice (first on line {first_seen[pair]})",
+            )
+        first_seen[pair] = line_number
+        qrels.setdefault(query_id, {})[doc_id] = score
+    return qrels
+
+
+def qrels_path(root: str | Path, split: str) -> Path:
+    """``<root>/qrels/<split>.tsv``, checked to exist.
+
+    Raises:
+        FileNotFoundError: no such split; the message lists the splits there are.
+    """
+    path = Path(root) / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        folder = Path(root) / "qrels"
+        splits = sorted(p.stem for p in folder.glob("*.tsv")) if folder.is_dir() else []
+        raise FileNotFoundError(f"no qrels for split {split!r} at {path}; splits found: {splits}")
+    return path
+
+
+def write_qrels(path: str | Path, qrels: Qrels) -> None:
+    """Write qrels in BEIR's TSV format (with header), queries and documents in given order."""
+    with open(path, "w", encoding="utf-8") as output:
+        output.write("\t".join(QRELS_HEADER) + "\n")
+        for query_id, judged in qrels.items():
+            for doc_id, score in judged.items():
+                output.write(f"{query_id}\t{doc_id}\t{score}\n")
+
+
+def load_candidates(path: str | Path, doc_ids: set[str] | None = None) -> dict[str, list[str]]:
+    """Read rerank candidates: a TREC run or a ``qid<TAB>pid`` TSV.
+
+    A TREC run line is ``qid Q0 docid rank score tag`` (whitespace-separated); candidates are
+    ordered by rank. A two-column TSV keeps file order.
+
+    Args:
+        path: the candidates file.
+        doc_ids: when given, a document id outside this set is an error.
+
+    Returns:
+        Query id -> candidate document ids.
+
+    Raises:
+        DataFormatError: a line that is neither format, a non-integer rank, or an unknown id.
+    """
+    path = Path(path)
+    ranked: dict[str, list[tuple[int, str]]] = {}
+    with _open_text(path) as lines:
+        for line_number, line in enumerate(lines, start=1):
+            columns = line.split()
+            if not columns:
+                continue
+            if len(columns) == 6:
+                query_id, _, doc_id, rank_text = columns[:4]
+                try:
+                    rank = int(rank_text)
+                except ValueError:
+                    raise DataFormatError(
+                        str(path), line_number, f"rank must be an integer, got {rank_text!r}"
+                    ) from None
+            elif len(columns) == 2:
+                query_id, doc_id = columns
+                rank = len(ranked.get(query_id, ()))
+            else:
+                raise DataFormatError(
+                    str(path),
+                    line_number,
+                    f"expected a TREC run line (6 columns) or qid<TAB>pid, got {len(columns)}",
+                )
+            if doc_ids is not None and doc_id not in doc_ids:
+                raise DataFormatError(str(path), line_number, f"unknown corpus id {doc_id!r}")
+            ranked.setdefault(query_id, []).append((rank, doc_id))
+    return {
+        query_id: [doc_id for _, doc_id in sorted(pairs, key=lambda pair: pair[0])]
+        for query_id, pairs in ranked.items()
+    }
+
+
+def load_dev_set(
+    corpus: str | Path,
+    queries: str | Path,
+    qrels: str | Path,
+    candidates: str | Path | None = None,
+) -> DevSet:
+    """Load a corpus, its queries and one qrels file, keeping only the judged queries.
+
+    Args:
+        corpus: path of ``corpus.jsonl[.gz]``.
+        queries: path of ``queries.jsonl[.gz]``.
+        qrels: path of a qrels TSV; every id it names must exist in the corpus and queries.
+        candidates: optional rerank candidates (see ``load_candidates``), kept for judged
+            queries only.
+
+    Raises:
+        DataFormatError: any malformed line, or qrels or candidates naming an unknown id.
+    """
+    loaded_corpus = load_corpus(corpus)
+    all_queries = load_queries(queries)
+    doc_ids = set(loaded_corpus.ids)
+    judgments = load_qrels(qrels, query_ids=set(all_queries), doc_ids=doc_ids)
+    loaded_candidates = None
+    if candidates is not None:
+        loaded_candidates = {
+            query_id: ranked
+            for query_id, ranked in load_candidates(candidates, doc_ids).items()
+            if query_id in judgments
+        }
+    return DevSet(
+        corpus_ids=loaded_corpus.ids,
+        corpus_texts=loaded_corpus.texts,
+        queries={query_id: all_queries[query_id] for query_id in judgments},
+        qrels=judgments,
+        candidates=loaded_candidates,
+    )

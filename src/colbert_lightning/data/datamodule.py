@@ -1,0 +1,203 @@
+"""The LightningDataModule: prepares, streams, tokenises and batches training data."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from colbert_lightning.data.beir import DevSet, load_dev_set
+from colbert_lightning.data.collate import Collator
+from colbert_lightning.data.errors import OnBadLine
+from colbert_lightning.data.prepare import prepare_triples
+from colbert_lightning.data.readers import make_reader
+from colbert_lightning.data.streaming import TripleStream
+from colbert_lightning.data.text_store import TextStore
+from colbert_lightning.modeling.tokenization import ColBERTTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainFiles:
+    """Where the training examples are.
+
+    Attributes:
+        path: the training file (JSONL or TSV; see ``format``).
+        format: ``jsonl`` (texts), ``colbert_ids``, ``msmarco_ids`` or ``msmarco_text``.
+        queries: queries file (BEIR JSONL or ``id<TAB>text``) for the id formats.
+        collection: collection file (BEIR JSONL or ``id<TAB>text``) for the id formats.
+    """
+
+    path: str
+    format: str = "jsonl"
+    queries: str | None = None
+    collection: str | None = None
+
+
+@dataclass
+class DevFiles:
+    """The dev set evaluated during training.
+
+    Attributes:
+        corpus: BEIR ``corpus.jsonl[.gz]``.
+        queries: BEIR ``queries.jsonl[.gz]``.
+        qrels: BEIR qrels TSV of the dev queries.
+        candidates: for ``mode=rerank``: a TREC run or ``qid<TAB>pid`` TSV of candidates.
+    """
+
+    corpus: str
+    queries: str
+    qrels: str
+    candidates: str | None = None
+
+
+@dataclass
+class PrepareSpec:
+    """Arguments of :func:`colbert_lightning.data.prepare.prepare_triples`, run before training.
+
+    Attributes:
+        root: BEIR-layout folder.
+        split: the qrels split to build triples from (dev queries are held out of it).
+        output_dir: where ``triples.jsonl``, ``train_qrels.tsv`` and ``dev_qrels.tsv`` go.
+        negatives_per_positive: BM25 hard negatives written per (query, positive).
+        min_rank: first BM25 rank (1-based) negatives are drawn from.
+        max_rank: last BM25 rank (1-based, inclusive).
+        dev_queries: queries held out for dev: a count, or a fraction if below 1.
+        seed: seed of the dev split and the negative sampling.
+    """
+
+    root: str
+    split: str
+    output_dir: str
+    negatives_per_positive: int = 8
+    min_rank: int = 10
+    max_rank: int = 100
+    dev_queries: int | float = 50
+    seed: int = 0
+
+
+class ColBERTDataModule(pl.LightningDataModule):
+    """Streams training examples from disk and serves the dev set.
+
+    Args:
+        train: the training file(s).
+        dev: the dev set files, or None for no evaluation.
+        prepare: build the training triples and dev split first (cached), or None.
+        tokenizer: the model's ColBERT tokeniser (injected by the training script).
+        batch_size: queries per batch, per process.
+        nway: documents per query (the positive and ``nway - 1`` negatives).
+        num_workers: DataLoader worker processes (tokenisation happens there).
+        shuffle_buffer: examples held for shuffling (0 or 1: file order).
+        seed: seed of the shuffle and the negative sampling.
+        on_bad_line: ``error`` stops at the first malformed line; ``skip`` counts them.
+    """
+
+    def __init__(
+        self,
+        train: TrainFiles,
+        dev: DevFiles | None = None,
+        prepare: PrepareSpec | None = None,
+        tokenizer: ColBERTTokenizer | None = None,
+        batch_size: int = 32,
+        nway: int = 2,
+        num_workers: int = 1,
+        shuffle_buffer: int = 10000,
+        seed: int = 0,
+        on_bad_line: OnBadLine = "error",
+    ) -> None:
+        super().__init__()
+        if not isinstance(nway, int) or nway < 2:
+            raise ValueError(f"data.nway must be an integer >= 2 (a positive and a negative), got {nway!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+        if on_bad_line not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
+        self.train_files = train
+        self.dev_files = dev
+        self.prepare_spec = prepare
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.nway = nway
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.on_bad_line = on_bad_line
+        self._dev_set: DevSet | None = None
+
+    def prepare_data(self) -> None:
+        """Build the training triples and dev split (once per machine; cached on disk)."""
+        if self.prepare_spec is not None:
+            spec = self.prepare_spec
+            prepare_triples(
+                root=spec.root,
+                split=spec.split,
+                output_dir=spec.output_dir,
+                negatives_per_positive=spec.negatives_per_positive,
+                min_rank=spec.min_rank,
+                max_rank=spec.max_rank,
+                dev_queries=spec.dev_queries,
+                seed=spec.seed,
+            )
+        missing = [path for path in self._input_paths() if not Path(path).exists()]
+        if missing:
+            raise FileNotFoundError(f"data files not found: {missing}")
+
+    def _input_paths(self) -> list[str]:
+        files = self.train_files
+        paths = [files.path, files.queries, files.collection]
+        if self.dev_files is not None:
+            dev = self.dev_files
+            paths += [dev.corpus, dev.queries, dev.qrels, dev.candidates]
+        return [path for path in paths if path]
+
+    def train_dataset(self, rank: int = 0, world_size: int = 1, max_passes: int | None = None) -> TripleStream:
+        """The streaming training set for one process of ``world_size``."""
+        if self.tokenizer is None:
+            raise RuntimeError("ColBERTDataModule needs the model's tokenizer before training")
+        files = self.train_files
+        queries = TextStore(files.queries) if files.queries else None
+        collection = TextStore(files.collection) if files.collection else None
+        reader = make_reader(
+            files.format, files.path, queries=queries, collection=collection, min_negatives=self.nway - 1
+        )
+        return TripleStream(
+            path=files.path,
+            reader=reader,
+            nway=self.nway,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            on_bad_line=self.on_bad_line,
+            max_passes=max_passes,
+            rank=rank,
+            world_size=world_size,
+            batch_size=self.batch_size,
+            collate=Collator(self.tokenizer),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """An endless stream of batches; ``trainer.max_steps`` ends training."""
+        rank, world_size = 0, 1
+        if self.trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        return DataLoader(
+            self.train_dataset(rank, world_size),
+            batch_size=None,  # the stream batches, so skipped-line counts travel with batches
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def dev_set(self) -> DevSet | None:
+        """The dev corpus, queries and judgments (loaded once)."""
+        if self.dev_files is None:
+            return None
+        if self._dev_set is None:
+            dev = self.dev_files
+            self._dev_set = load_dev_set(dev.corpus, dev.queries, dev.qrels, dev.candidates)
+        return self._dev_set

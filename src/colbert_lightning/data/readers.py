@@ -1,0 +1,343 @@
+"""Readers that turn one line of a training file into a ``TrainingExample``.
+
+Each reader parses a single line's bytes, so the streaming dataset can shard a file by line and
+never hold it whole. Formats, by their ``data.train.format`` name:
+
+- ``jsonl``: ``{"query": str, "positive": str, "negatives": [str, ...]}``
+- ``colbert_ids``: colbert-ai's ``[qid, pid_pos, pid_neg, ...]``; an element may be ``[pid, score]``
+- ``msmarco_ids``: ``qid<TAB>pid_pos<TAB>pid_neg``
+- ``msmarco_text``: ``query<TAB>positive<TAB>negative``
+
+The id formats look texts up in a queries and a collection ``TextStore``; ids are compared as
+strings (a JSON integer id ``7`` is ``"7"``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal, Protocol
+
+from colbert_lightning.data.errors import BadLines, DataFormatError
+from colbert_lightning.data.text_store import TextStore, UnknownIdError, decode_line, numbered_lines
+from colbert_lightning.data.types import TrainingExample
+
+TrainFormat = Literal["jsonl", "colbert_ids", "msmarco_ids", "msmarco_text"]
+TRAIN_FORMATS: tuple[str, ...] = ("jsonl", "colbert_ids", "msmarco_ids", "msmarco_text")
+_ID_FORMATS = ("colbert_ids", "msmarco_ids")
+_ONE_NEGATIVE_FORMATS = ("msmarco_ids", "msmarco_text")
+
+
+class TripleReader(Protocol):
+    """Parses one line of a training file.
+
+    Attributes:
+        path: the file the lines come from, named in every error.
+        min_negatives: fewest negatives a line may have.
+    """
+
+    path: str
+    min_negatives: int
+
+    def parse(self, line: bytes, line_number: int) -> TrainingExample:
+        """The example on ``line`` (raw bytes, line ending included), 1-based ``line_number``.
+
+        Raises:
+            DataFormatError: the line is malformed, names an unknown id, has an empty text or
+                too few negatives.
+        """
+        ...
+
+
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    """Open a training file for reading bytes line by line, decompressing ``.gz`` on the fly."""
+    if str(path).lower().endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def iter_examples(
+    reader: TripleReader, bad_lines: BadLines | None = None
+) -> Iterator[tuple[int, TrainingExample]]:
+    """Yield ``(line_number, example)`` for every line of the reader's file, in file order.
+
+    Args:
+        reader: parses each line.
+        bad_lines: what to do with a bad line; ``None`` raises on the first.
+
+    Raises:
+        DataFormatError: a bad line, under the ``error`` policy.
+    """
+    bad_lines = BadLines() if bad_lines is None else bad_lines
+    with open_binary(reader.path) as file:
+        for line_number, _, line in numbered_lines(file):
+            try:
+                example = reader.parse(line, line_number)
+            except DataFormatError as error:
+                bad_lines.handle(error)
+                continue
+            yield line_number, example
+
+
+def _text_of(path: str, line: bytes, line_number: int) -> str:
+    try:
+        return decode_line(line, line_number)
+    except ValueError as error:
+        raise DataFormatError(path, line_number, str(error)) from None
+
+
+def _json_of(path: str, line: bytes, line_number: int) -> object:
+    try:
+        return json.loads(_text_of(path, line, line_number))
+    except json.JSONDecodeError as error:
+        raise DataFormatError(path, line_number, f"bad JSON: {error}") from None
+
+
+def _columns_of(path: str, line: bytes, line_number: int, names: tuple[str, ...]) -> list[str]:
+    columns = _text_of(path, line, line_number).split("\t")
+    if len(columns) != len(names):
+        raise DataFormatError(
+            path,
+            line_number,
+            f"expected {len(names)} tab-separated columns ({', '.join(names)}), "
+            f"found {len(columns)}",
+        )
+    return columns
+
+
+def _id_of(path: str, line_number: int, value: object, what: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    raise DataFormatError(
+        path, line_number, f"{what} must be a non-empty string or an integer, got {value!r}"
+    )
+
+
+def _lookup(path: str, line_number: int, store: TextStore, record_id: str, what: str) -> str:
+    try:
+        return store[record_id]
+    except UnknownIdError:
+        raise DataFormatError(
+            path, line_number, f"unknown {what} id {record_id!r} (not in {store.path})"
+        ) from None
+
+
+def _example(
+    path: str,
+    line_number: int,
+    texts: tuple[str, str, list[str]],
+    labels: tuple[str, str, list[str]],
+    min_negatives: int,
+) -> TrainingExample:
+    """Check the texts and build the example; ``labels`` name each text in error messages."""
+    query, positive, negatives = texts
+    query_label, positive_label, negative_labels = labels
+    if len(negatives) < min_negatives:
+        raise DataFormatError(
+            path, line_number, f"needs at least {min_negatives} negatives, has {len(negatives)}"
+        )
+    for text, label in zip(
+        (query, positive, *negatives), (query_label, positive_label, *negative_labels), strict=True
+    ):
+        if not text.strip():
+            raise DataFormatError(path, line_number, f"empty text for the {label}")
+    return TrainingExample(query, positive, tuple(negatives), source=f"{path}:{line_number}")
+
+
+@dataclass
+class JsonlTextReader:
+    """``{"query": str, "positive": str, "negatives": [str, ...]}`` per line.
+
+    Attributes:
+        path: the training file.
+        min_negatives: fewest negatives a line may have.
+    """
+
+    path: str
+    min_negatives: int = 1
+
+    def parse(self, line: bytes, line_number: int) -> TrainingExample:
+        """The example on one line; see ``TripleReader.parse``."""
+        record = _json_of(self.path, line, line_number)
+        if not isinstance(record, dict):
+            problem = f"expected a JSON object, got {type(record).__name__}"
+            raise DataFormatError(self.path, line_number, problem)
+        for name in ("query", "positive", "negatives"):
+            if name not in record:
+                raise DataFormatError(self.path, line_number, f"missing field {name!r}")
+        query, positive, negatives = record["query"], record["positive"], record["negatives"]
+        for name, value in (("query", query), ("positive", positive)):
+            if not isinstance(value, str):
+                problem = f"field {name!r} must be a string, got {type(value).__name__}"
+                raise DataFormatError(self.path, line_number, problem)
+        if not isinstance(negatives, list) or not all(isinstance(text, str) for text in negatives):
+            problem = "field 'negatives' must be a list of strings"
+            raise DataFormatError(self.path, line_number, problem)
+        labels = ("query", "positive", [f"negative #{i + 1}" for i in range(len(negatives))])
+        return _example(
+            self.path, line_number, (query, positive, negatives), labels, self.min_negatives
+        )
+
+
+@dataclass
+class ColbertIdsReader:
+    """colbert-ai's JSONL of ids, ``[qid, pid_pos, pid_neg, ...]``; ``[pid, score]`` also taken.
+
+    Attributes:
+        path: the training file.
+        queries: the queries file, by query id.
+        collection: the collection file, by passage id.
+        min_negatives: fewest negatives a line may have.
+    """
+
+    path: str
+    queries: TextStore
+    collection: TextStore
+    min_negatives: int = 1
+
+    def parse(self, line: bytes, line_number: int) -> TrainingExample:
+        """The example on one line; see ``TripleReader.parse``."""
+        record = _json_of(self.path, line, line_number)
+        if not isinstance(record, list) or len(record) < 2:
+            problem = "expected a JSON list [qid, positive_pid, negative_pid, ...]"
+            raise DataFormatError(self.path, line_number, problem)
+        query_id = _id_of(self.path, line_number, record[0], "the query id")
+        passage_ids = []
+        for position, element in enumerate(record[1:]):
+            # colbert-ai's distillation files pair each passage with a teacher score.
+            if isinstance(element, list) and len(element) == 2:
+                element = element[0]
+            passage_ids.append(_id_of(self.path, line_number, element, f"element {position + 1}"))
+        return _examples_from_ids(self, line_number, query_id, passage_ids[0], passage_ids[1:])
+
+
+@dataclass
+class MsmarcoIdsReader:
+    """MS MARCO's ``qid<TAB>pid_pos<TAB>pid_neg`` per line.
+
+    Attributes:
+        path: the training file.
+        queries: the queries file, by query id.
+        collection: the collection file, by passage id.
+        min_negatives: fewest negatives a line may have (at most 1 for this format).
+    """
+
+    path: str
+    queries: TextStore
+    collection: TextStore
+    min_negatives: int = 1
+
+    def parse(self, line: bytes, line_number: int) -> TrainingExample:
+        """The example on one line; see ``TripleReader.parse``."""
+        names = ("qid", "positive pid", "negative pid")
+        query_id, positive_id, negative_id = _columns_of(self.path, line, line_number, names)
+        for value, name in zip((query_id, positive_id, negative_id), names, strict=True):
+            if not value:
+                raise DataFormatError(self.path, line_number, f"empty {name}")
+        return _examples_from_ids(self, line_number, query_id, positive_id, [negative_id])
+
+
+def _examples_from_ids(
+    reader: ColbertIdsReader | MsmarcoIdsReader,
+    line_number: int,
+    query_id: str,
+    positive_id: str,
+    negative_ids: list[str],
+) -> TrainingExample:
+    path = reader.path
+    if len(negative_ids) < reader.min_negatives:
+        problem = f"needs at least {reader.min_negatives} negatives, has {len(negative_ids)}"
+        raise DataFormatError(path, line_number, problem)
+    query = _lookup(path, line_number, reader.queries, query_id, "query")
+    positive = _lookup(path, line_number, reader.collection, positive_id, "passage")
+    negatives = [
+        _lookup(path, line_number, reader.collection, passage_id, "passage")
+        for passage_id in negative_ids
+    ]
+    labels = (
+        f"query {query_id!r}",
+        f"positive passage {positive_id!r}",
+        [f"negative passage {passage_id!r}" for passage_id in negative_ids],
+    )
+    return _example(path, line_number, (query, positive, negatives), labels, reader.min_negatives)
+
+
+@dataclass
+class MsmarcoTextReader:
+    """MS MARCO's ``query<TAB>positive<TAB>negative`` per line, as texts.
+
+    Attributes:
+        path: the training file.
+        min_negatives: fewest negatives a line may have (at most 1 for this format).
+    """
+
+    path: str
+    min_negatives: int = 1
+
+    def parse(self, line: bytes, line_number: int) -> TrainingExample:
+        """The example on one line; see ``TripleReader.parse``."""
+        names = ("query", "positive", "negative")
+        query, positive, negative = _columns_of(self.path, line, line_number, names)
+        return _example(
+            self.path,
+            line_number,
+            (query, positive, [negative]),
+            ("query", "positive", ["negative"]),
+            self.min_negatives,
+        )
+
+
+def make_reader(
+    fmt: str,
+    path: str | os.PathLike,
+    queries: TextStore | None = None,
+    collection: TextStore | None = None,
+    min_negatives: int = 1,
+) -> TripleReader:
+    """The reader for a training file in format ``fmt`` (one of ``TRAIN_FORMATS``).
+
+    Args:
+        fmt: ``jsonl``, ``colbert_ids``, ``msmarco_ids`` or ``msmarco_text``.
+        path: the training file (may be ``.gz``).
+        queries: query id -> text; needed by the id formats, refused by the text formats.
+        collection: passage id -> text; needed by the id formats, refused by the text formats.
+        min_negatives: fewest negatives a line may have (``nway - 1``).
+
+    Raises:
+        ValueError: an unknown format, stores missing (id formats) or given (text formats), or
+            more negatives asked of a format that has one per line.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    if fmt not in TRAIN_FORMATS:
+        raise ValueError(f"unknown training data format {fmt!r}; expected one of {TRAIN_FORMATS}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such training file: {path}")
+    if min_negatives < 0:
+        raise ValueError(f"min_negatives must be >= 0, got {min_negatives}")
+    if fmt in _ONE_NEGATIVE_FORMATS and min_negatives > 1:
+        raise ValueError(
+            f"format {fmt!r} has one negative per line, but {min_negatives} are needed "
+            f"(nway={min_negatives + 1}); use nway=2 or a format with more negatives"
+        )
+    has_stores = queries is not None or collection is not None
+    if fmt in _ID_FORMATS and (queries is None or collection is None):
+        raise ValueError(
+            f"format {fmt!r} holds ids; it needs both a queries and a collection file to look "
+            "the texts up"
+        )
+    if fmt not in _ID_FORMATS and has_stores:
+        raise ValueError(f"format {fmt!r} holds texts; it takes no queries or collection file")
+    path = str(path)
+    if fmt == "jsonl":
+        return JsonlTextReader(path, min_negatives)
+    if fmt == "msmarco_text":
+        return MsmarcoTextReader(path, min_negatives)
+    if fmt == "colbert_ids":
+        return ColbertIdsReader(path, queries, collection, min_negatives)
+    return MsmarcoIdsReader(path, queries, collection, min_negatives)

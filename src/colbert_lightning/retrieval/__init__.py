@@ -1,0 +1,1 @@
+"""Exact search, reranking and the BM25 baseline."""

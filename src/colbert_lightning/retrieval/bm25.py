@@ -1,0 +1,88 @@
+"""BM25 over an in-memory corpus (bm25s, Lucene's variant): the baseline and the negative miner.
+
+Tokenisation is bm25s's default: lower-cased words of two or more word characters, no stemming,
+bm25s's English stopword list (33 words). With ``k1=0.9, b=0.4`` this gives SciFact test nDCG@10
+0.657 / R@100 0.876 and Cranfield test 0.332 / 0.687, near but not equal to the shared README's
+0.660 / 0.886 and 0.324 / 0.691; no bm25s setting tried reproduced those exactly, and the English
+stopword list came closer than none on three of the four figures.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import bm25s
+import numpy as np
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # a runtime import would be circular (data.prepare imports this module)
+    from colbert_lightning.data.beir import Corpus
+
+STOPWORDS = "en"
+"""bm25s's English stopword list (see the module docstring for how it compares with none)."""
+
+Ranking = list[tuple[str, float]]
+"""Document ids with their scores, best first."""
+
+
+class BM25Retriever:
+    """Lexical retrieval with BM25 over a ``Corpus``.
+
+    Ties in score are broken by corpus order, so results are deterministic.
+
+    Args:
+        corpus: the documents to index (empty texts are allowed and score 0).
+        k1: term-frequency saturation.
+        b: length normalisation.
+        show_progress: show tqdm bars while indexing and searching.
+    """
+
+    def __init__(
+        self, corpus: Corpus, k1: float = 0.9, b: float = 0.4, show_progress: bool = True
+    ) -> None:
+        if len(corpus) == 0:
+            raise ValueError("cannot build a BM25 index over an empty corpus")
+        self.corpus = corpus
+        self.k1 = k1
+        self.b = b
+        self.show_progress = show_progress
+        corpus_tokens = bm25s.tokenize(
+            corpus.texts, stopwords=STOPWORDS, show_progress=show_progress, allow_empty=True
+        )
+        self.index = bm25s.BM25(k1=k1, b=b)
+        self.index.index(corpus_tokens, show_progress=show_progress)
+
+    def score_all(self, query: str) -> np.ndarray:
+        """BM25 score of ``query`` against every document, in corpus order.
+
+        Returns:
+            (num_docs,) float32 scores; all zero when no query term is in the vocabulary.
+        """
+        tokens = bm25s.tokenize(query, stopwords=STOPWORDS, return_ids=False, show_progress=False)
+        known = [token for token in tokens[0] if token in self.index.vocab_dict]
+        if not known:
+            return np.zeros(len(self.corpus), dtype=np.float32)
+        return np.asarray(self.index.get_scores(known), dtype=np.float32)
+
+    def search(self, queries: dict[str, str], k: int = 100) -> dict[str, Ranking]:
+        """Top ``k`` documents for each query.
+
+        Args:
+            queries: query id -> text.
+            k: how many documents to return per query (capped at the corpus size).
+
+        Returns:
+            Query id -> ``[(doc_id, score), ...]`` best first, ties in corpus order.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        k = min(k, len(self.corpus))
+        rankings: dict[str, Ranking] = {}
+        for query_id, text in tqdm(
+            queries.items(), desc="BM25 search", unit="query", disable=not self.show_progress
+        ):
+            scores = self.score_all(text)
+            # Sort by score descending, then by corpus position, for deterministic ties.
+            order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+            rankings[query_id] = [(self.corpus.ids[row], float(scores[row])) for row in order]
+        return rankings

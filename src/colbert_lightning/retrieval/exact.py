@@ -1,0 +1,239 @@
+"""Exhaustive MaxSim search over a small corpus, and reranking of given candidates.
+
+Both encode with whatever weights the encoder has; putting it in eval mode is the caller's job.
+Everything runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
+
+from colbert_lightning.modeling.tokenization import TokenizedText
+from colbert_lightning.scoring import maxsim
+
+
+class EncodedTokens(Protocol):
+    """What the encoder returns: ``embeddings`` (B, L, dim) and ``mask`` (B, L), True if scored."""
+
+    embeddings: torch.Tensor
+    mask: torch.Tensor
+
+
+class TextTokenizer(Protocol):
+    """Turns query and document strings into ``TokenizedText`` (``ColBERTTokenizer``)."""
+
+    def queries(self, queries: list[str]) -> TokenizedText:
+        """Tokenise queries."""
+        ...
+
+    def documents(self, documents: list[str]) -> TokenizedText:
+        """Tokenise documents."""
+        ...
+
+
+class SimilarityConfig(Protocol):
+    """The part of the model config search needs: ``cosine`` or ``l2``."""
+
+    similarity: str
+
+
+class Encoder(Protocol):
+    """What search needs from a ColBERT model (``colbert_lightning.modeling.ColBERT`` fits)."""
+
+    tokenizer: TextTokenizer
+    config: SimilarityConfig
+
+    def encode_queries(self, queries: TokenizedText) -> EncodedTokens:
+        """Embed tokenised queries."""
+        ...
+
+    def encode_documents(self, documents: TokenizedText) -> EncodedTokens:
+        """Embed tokenised documents."""
+        ...
+
+
+def encoder_device(encoder: Encoder) -> torch.device:
+    """The device of the encoder's first parameter, or the CPU when it has none."""
+    parameters = getattr(encoder, "parameters", None)
+    if parameters is None:
+        return torch.device("cpu")
+    first = next(iter(parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _batches(rows: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    for start in range(0, len(rows), batch_size):
+        yield list(rows[start : start + batch_size])
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _encode_queries(
+    encoder: Encoder, queries: list[str], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = encoder.encode_queries(encoder.tokenizer.queries(queries).to(device))
+    return encoded.embeddings, encoded.mask  # (Q, Lq, dim), (Q, Lq)
+
+
+@torch.inference_mode()
+def exact_search(
+    encoder: Encoder,
+    corpus_texts: list[str],
+    queries: list[str],
+    k: int = 100,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    show_progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` documents of every query by MaxSim over the whole corpus.
+
+    The corpus is encoded once, in batches of similar length (sorted by character count, to cut
+    padding); each batch stays a chunk of embeddings, and every batch of queries is scored
+    against each chunk in turn, keeping a running top-``k``.
+
+    Args:
+        encoder: the model (see ``Encoder``).
+        corpus_texts: document texts; results index into this list.
+        queries: query texts.
+        k: results per query (capped at the corpus size).
+        batch_size: texts per encoder call, and queries per scoring pass.
+        device: where to encode and score; defaults to the encoder's parameters' device.
+        show_progress: show a tqdm bar while encoding the corpus.
+
+    Returns:
+        ``(scores, indices)``, both (Q, k) on the CPU, best first; ``indices`` are rows of
+        ``corpus_texts``.
+    """
+    _check_batch_size(batch_size)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if not corpus_texts:
+        raise ValueError("exact_search needs a non-empty corpus")
+    device = torch.device(device) if device is not None else encoder_device(encoder)
+    similarity = encoder.config.similarity
+    k = min(k, len(corpus_texts))
+
+    by_length = sorted(range(len(corpus_texts)), key=lambda row: len(corpus_texts[row]))
+    chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for rows in tqdm(
+        list(_batches(by_length, batch_size)),
+        desc="encoding corpus",
+        unit="batch",
+        disable=not show_progress,
+    ):
+        tokens = encoder.tokenizer.documents([corpus_texts[row] for row in rows]).to(device)
+        encoded = encoder.encode_documents(tokens)
+        rows_tensor = torch.tensor(rows, dtype=torch.long, device=device)
+        chunks.append(
+            (encoded.embeddings, encoded.mask, rows_tensor)
+        )  # (D, Ld, dim), (D, Ld), (D,)
+
+    all_scores, all_indices = [], []
+    for start in range(0, len(queries), batch_size):
+        query_embeddings, query_mask = _encode_queries(
+            encoder, list(queries[start : start + batch_size]), device
+        )
+        count = query_embeddings.shape[0]
+        best_scores = torch.full((count, 0), float("-inf"), device=device)
+        best_indices = torch.zeros((count, 0), dtype=torch.long, device=device)
+        for doc_embeddings, doc_mask, rows_tensor in chunks:
+            scores = maxsim(query_embeddings, query_mask, doc_embeddings, doc_mask, similarity)
+            merged_scores = torch.cat([best_scores, scores.float()], dim=1)  # (Qb, kept + D)
+            merged_indices = torch.cat([best_indices, rows_tensor.expand(count, -1)], dim=1)
+            keep = min(k, merged_scores.shape[1])
+            best_scores, positions = merged_scores.topk(keep, dim=1)
+            best_indices = merged_indices.gather(1, positions)
+        all_scores.append(best_scores.cpu())
+        all_indices.append(best_indices.cpu())
+    if not all_scores:
+        return torch.zeros((0, k)), torch.zeros((0, k), dtype=torch.long)
+    return torch.cat(all_scores), torch.cat(all_indices)
+
+
+@torch.inference_mode()
+def rerank(
+    encoder: Encoder,
+    queries: Mapping[str, str],
+    candidates: Mapping[str, Sequence[str]],
+    documents: Mapping[str, str],
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    show_progress: bool = True,
+) -> dict[str, list[tuple[str, float]]]:
+    """Score only each query's candidate documents with MaxSim, and sort them.
+
+    Each distinct candidate is encoded once.
+
+    Args:
+        encoder: the model (see ``Encoder``).
+        queries: query id -> text; only the queries in ``candidates`` are scored.
+        candidates: query id -> candidate document ids (for example BM25's top 100).
+        documents: document id -> text; must hold every candidate.
+        batch_size: texts per encoder call, and candidates per scoring pass.
+        device: where to encode and score; defaults to the encoder's parameters' device.
+        show_progress: show a tqdm bar while encoding the candidates.
+
+    Returns:
+        Query id -> ``[(doc_id, score), ...]`` best first.
+
+    Raises:
+        KeyError: a candidate query or document has no text.
+    """
+    _check_batch_size(batch_size)
+    device = torch.device(device) if device is not None else encoder_device(encoder)
+    similarity = encoder.config.similarity
+    missing_queries = [query_id for query_id in candidates if query_id not in queries]
+    if missing_queries:
+        raise KeyError(f"candidates name queries with no text: {missing_queries[:5]}")
+    doc_ids = sorted({doc_id for ranked in candidates.values() for doc_id in ranked})
+    missing_docs = [doc_id for doc_id in doc_ids if doc_id not in documents]
+    if missing_docs:
+        raise KeyError(f"candidates name documents with no text: {missing_docs[:5]}")
+
+    doc_ids.sort(key=lambda doc_id: len(documents[doc_id]))
+    embedding_of: dict[str, torch.Tensor] = {}  # (Ld_batch, dim); padding is masked
+    mask_of: dict[str, torch.Tensor] = {}  # (Ld_batch,)
+    for batch in tqdm(
+        list(_batches(doc_ids, batch_size)),
+        desc="encoding candidates",
+        unit="batch",
+        disable=not show_progress,
+    ):
+        tokens = encoder.tokenizer.documents([documents[doc_id] for doc_id in batch]).to(device)
+        encoded = encoder.encode_documents(tokens)
+        for row, doc_id in enumerate(batch):
+            embedding_of[doc_id] = encoded.embeddings[row]
+            mask_of[doc_id] = encoded.mask[row].bool()
+
+    rankings: dict[str, list[tuple[str, float]]] = {}
+    query_ids = list(candidates)
+    for start in range(0, len(query_ids), batch_size):
+        batch_ids = query_ids[start : start + batch_size]
+        query_embeddings, query_mask = _encode_queries(
+            encoder, [queries[query_id] for query_id in batch_ids], device
+        )
+        for row, query_id in enumerate(batch_ids):
+            ranked_ids = list(dict.fromkeys(candidates[query_id]))  # drop repeats, keep order
+            scores: list[float] = []
+            for group in _batches(ranked_ids, batch_size):
+                doc_embeddings = pad_sequence([embedding_of[d] for d in group], batch_first=True)
+                doc_mask = pad_sequence([mask_of[d] for d in group], batch_first=True)
+                group_scores = maxsim(
+                    query_embeddings[row : row + 1],
+                    query_mask[row : row + 1],
+                    doc_embeddings,
+                    doc_mask,
+                    similarity,
+                )  # (1, len(group))
+                scores.extend(group_scores[0].float().cpu().tolist())
+            order = sorted(range(len(ranked_ids)), key=lambda i: -scores[i])
+            rankings[query_id] = [(ranked_ids[i], scores[i]) for i in order]
+    return rankings

@@ -1,0 +1,116 @@
+"""Callbacks: dev evaluation on an early-phase schedule, and atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from colbert_lightning.metrics.schedule import EvaluationSchedule
+
+log = logging.getLogger(__name__)
+
+EvaluationMode = Literal["exact", "rerank"]
+
+
+class RetrievalEvaluation(pl.Callback):
+    """Evaluates retrieval on the dev set at step 0 and on a log-spaced, then regular, schedule.
+
+    Metrics (``val/mrr@10``, ``val/recall@10``, ``val/recall@100``, ``val/ndcg@10``) go to every
+    logger at the optimiser step they describe, together with ``trainer/examples_seen``, and into
+    ``trainer.callback_metrics`` so that checkpoint callbacks can monitor them. Lightning runs
+    checkpoint callbacks after this one, so a best checkpoint holds the evaluated weights.
+
+    Args:
+        schedule: which optimiser steps to evaluate at.
+        mode: ``exact`` full-corpus MaxSim search, or ``rerank`` of the dev set's candidates.
+        batch_size: texts per encoder call while evaluating.
+        k: depth of the ranking kept per query (Recall@k needs k >= 100 for recall@100).
+    """
+
+    def __init__(
+        self,
+        schedule: EvaluationSchedule,
+        mode: EvaluationMode = "exact",
+        batch_size: int = 64,
+        k: int = 100,
+    ) -> None:
+        if mode not in ("exact", "rerank"):
+            raise ValueError(f"callbacks.evaluation.mode must be exact or rerank, got {mode!r}")
+        if k < 100:
+            raise ValueError(f"callbacks.evaluation.k must be >= 100 for recall@100, got {k}")
+        self.schedule = schedule
+        self.mode = mode
+        self.batch_size = batch_size
+        self.k = k
+        self.history: list[dict[str, float]] = []
+        self._last_step = -1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Step 0: how good is the untrained model."""
+        step = trainer.global_step
+        if step == 0 and self.schedule.should_evaluate(0, trainer.max_steps):
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Evaluate after the optimiser steps the schedule names (once per step)."""
+        step = trainer.global_step
+        if step != self._last_step and self.schedule.should_evaluate(step, trainer.max_steps):
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Run one evaluation now and log it."""
+        dev_set = trainer.datamodule.dev_set() if trainer.datamodule is not None else None
+        if dev_set is None:
+            return {}
+        step = trainer.global_step
+        metrics = pl_module.evaluate_retrieval(dev_set, self.mode, self.batch_size, self.k)
+        values = {f"val/{name}": value for name, value in metrics.items()}
+        values["trainer/examples_seen"] = float(getattr(pl_module, "examples_seen", 0))
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
+        for name, value in values.items():
+            trainer.callback_metrics[name] = torch.tensor(value)
+        self.history.append({"step": step, **values})
+        self._last_step = step
+        shown = "  ".join(f"{name}={value:.4f}" for name, value in metrics.items())
+        log.info("step %d: %s", step, shown)
+        return values
+
+    def state_dict(self) -> dict[str, Any]:
+        """The evaluation history travels with checkpoints, so a resumed run keeps step 0."""
+        return {"history": self.history, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history on resume."""
+        self.history = list(state_dict.get("history", []))
+        self._last_step = int(state_dict.get("last_step", -1))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place.
+
+    A process killed mid-save leaves the previous checkpoint intact.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
+        """Save atomically: temporary file, fsync, rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            super().save_checkpoint(checkpoint, temporary, storage_options)
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)

@@ -1,0 +1,211 @@
+"""The LightningModule: contrastive loss, optimiser, schedule and dev evaluation for a ColBERT."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from colbert_lightning.data.beir import DevSet
+from colbert_lightning.data.types import TrainingBatch
+from colbert_lightning.losses import in_batch_cross_entropy, nway_cross_entropy
+from colbert_lightning.metrics.retrieval import RetrievalMetrics
+from colbert_lightning.modeling import ColBERT
+from colbert_lightning.retrieval.exact import exact_search, rerank
+from colbert_lightning.scoring import maxsim, maxsim_grouped
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+
+
+class ColBERTModule(pl.LightningModule):
+    """Trains a :class:`ColBERT` with cross-entropy over n-way and in-batch documents.
+
+    Args:
+        model: the ColBERT to train (injected; built from ``model/`` config).
+        optimizer: partial optimiser, completed with the parameters (``_partial_: true``).
+        scheduler: partial schedule, completed with the optimiser and ``max_steps``; or None.
+        in_batch_negatives: score each query against every document of the batch, not only
+            its own n-way group.
+        gather_across_devices: under DDP, also use the other processes' documents as in-batch
+            negatives (gradients flow back to the process that encoded them).
+        weight_decay_exclude: parameter-name fragments exempt from weight decay.
+    """
+
+    def __init__(
+        self,
+        model: ColBERT,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        in_batch_negatives: bool = True,
+        gather_across_devices: bool = False,
+        weight_decay_exclude: tuple[str, ...] = ("bias", "LayerNorm", "layer_norm"),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.in_batch_negatives = in_batch_negatives
+        self.gather_across_devices = gather_across_devices
+        self.weight_decay_exclude = tuple(weight_decay_exclude)
+        self.examples_seen = 0  # across all processes; restored on resume
+        self.skipped_lines = 0  # bad training lines skipped by this process' workers
+        self._checkpoint_metadata: dict[str, Any] | None = None
+
+    # ---- training -------------------------------------------------------------------------
+
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> torch.Tensor:
+        """Encode the batch, score it and return the contrastive loss."""
+        queries = self.model.encode_queries(batch.queries)  # (B, Lq, dim)
+        documents = self.model.encode_documents(batch.documents)  # (B * nway, Ld, dim)
+        batch_size, nway = len(batch), batch.nway
+        similarity = self.model.config.similarity
+        if self.in_batch_negatives:
+            doc_embeddings, doc_mask, offset = documents.embeddings, documents.mask, 0
+            if self.gather_across_devices and self.trainer.world_size > 1:
+                doc_embeddings, doc_mask, offset = gather_documents(doc_embeddings, doc_mask)
+            scores = maxsim(queries.embeddings, queries.mask, doc_embeddings, doc_mask, similarity)
+            loss = in_batch_cross_entropy(scores, nway, offset)  # scores: (B, N)
+            own = scores[torch.arange(batch_size), offset + torch.arange(batch_size) * nway]
+        else:
+            doc_length, dim = documents.embeddings.shape[1:]
+            scores = maxsim_grouped(
+                queries.embeddings,
+                queries.mask,
+                documents.embeddings.view(batch_size, nway, doc_length, dim),
+                documents.mask.view(batch_size, nway, doc_length),
+                similarity,
+            )  # (B, nway)
+            loss = nway_cross_entropy(scores)
+            own = scores[:, 0]
+        self.skipped_lines += batch.skipped_lines
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/positive_score", own.mean().detach(), batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: TrainingBatch, batch_idx: int) -> None:
+        """Count examples seen, across processes, so curves compare across batch sizes."""
+        self.examples_seen += len(batch) * self.trainer.world_size
+        self.log("train/examples_seen", float(self.examples_seen), batch_size=len(batch))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (or the configured optimiser) with decay off for biases and norms; the schedule."""
+        decay, no_decay = [], []
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad:
+                excluded = any(fragment in name for fragment in self.weight_decay_exclude)
+                (no_decay if excluded else decay).append(parameter)
+        optimizer = self.optimizer_factory(
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        )
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer, max_steps=self.trainer.max_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def evaluate_retrieval(
+        self, dev_set: DevSet, mode: str = "exact", batch_size: int = 64, k: int = 100
+    ) -> dict[str, float]:
+        """Retrieval metrics of the current weights on ``dev_set``.
+
+        Args:
+            dev_set: corpus, queries and judgments (and candidates for ``rerank``).
+            mode: ``exact`` searches the whole corpus with MaxSim; ``rerank`` scores only each
+                query's candidates.
+            batch_size: texts per encoder call.
+            k: ranking depth kept per query.
+
+        Returns:
+            ``{"mrr@10": ..., "recall@10": ..., "recall@100": ..., "ndcg@10": ...}``.
+        """
+        query_ids = list(dev_set.queries)
+        query_texts = [dev_set.queries[query_id] for query_id in query_ids]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if mode == "exact":
+                scores, indices = exact_search(
+                    self.model, dev_set.corpus_texts, query_texts, k=k, batch_size=batch_size
+                )
+                rankings = {
+                    query_id: [
+                        (dev_set.corpus_ids[index], score)
+                        for index, score in zip(indices[row].tolist(), scores[row].tolist())
+                    ]
+                    for row, query_id in enumerate(query_ids)
+                }
+            elif mode == "rerank":
+                if dev_set.candidates is None:
+                    raise ValueError("evaluation mode 'rerank' needs data.dev.candidates")
+                rankings = rerank(
+                    self.model,
+                    dev_set.queries,
+                    dev_set.candidates,
+                    dict(zip(dev_set.corpus_ids, dev_set.corpus_texts)),
+                    batch_size=batch_size,
+                )
+            else:
+                raise ValueError(f"evaluation mode must be exact or rerank, got {mode!r}")
+        finally:
+            self.model.train(was_training)
+        metrics = RetrievalMetrics().to("cpu")
+        metrics.update(rankings, dev_set.qrels)
+        return {name: float(value) for name, value in metrics.compute().items()}
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what rebuilds the model offline, and the run's counters."""
+        if self._checkpoint_metadata is None:
+            self._checkpoint_metadata = self.model.checkpoint_metadata()
+        checkpoint["colbert"] = self._checkpoint_metadata
+        checkpoint["colbert_counters"] = {"examples_seen": self.examples_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the counters on resume."""
+        counters = checkpoint.get("colbert_counters", {})
+        self.examples_seen = int(counters.get("examples_seen", 0))
+
+
+def gather_documents(
+    embeddings: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """All processes' document embeddings, with gradients flowing back to their owners.
+
+    Documents are padded to the longest length across processes before gathering.
+
+    Args:
+        embeddings: (N, L, dim) this process' document embeddings.
+        mask: (N, L) their scored-token mask.
+
+    Returns:
+        (world * N, L_max, dim) embeddings, (world * N, L_max) mask, and the row of this
+        process' first document.
+    """
+    from torch.distributed.nn.functional import all_gather  # autograd-aware collective
+
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    length = torch.tensor([embeddings.shape[1]], device=embeddings.device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size)]
+    dist.all_gather(lengths, length)
+    pad = int(max(lengths).item()) - embeddings.shape[1]
+    embeddings = torch.nn.functional.pad(embeddings, (0, 0, 0, pad))
+    mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+    gathered = torch.cat(all_gather(embeddings), dim=0)
+    masks = [torch.zeros_like(mask) for _ in range(world_size)]
+    dist.all_gather(masks, mask)
+    return gathered, torch.cat(masks, dim=0), rank * embeddings.shape[0]

@@ -1,0 +1,54 @@
+"""Composing the training config for tests: tiny sizes, no network, everything under tmp."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A model small enough for a few CPU seconds per run.
+TINY_OVERRIDES = [
+    "model.encoder_config.hidden_size=32",
+    "model.encoder_config.num_hidden_layers=1",
+    "model.encoder_config.num_attention_heads=2",
+    "model.encoder_config.intermediate_size=64",
+    "model.dim=32",
+    "model.doc_maxlen=64",
+    "model.query_maxlen=16",
+]
+
+
+def compose_train(output_dir: Path, cache_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    """The training config as the command line would compose it, with run folders under tmp."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={REPO}",
+                f"paths.output_dir={output_dir}",
+                f"paths.cache_dir={cache_dir}",
+                *overrides,
+            ],
+        )
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m colbert_lightning.train`` in a subprocess, offline, and return it."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
+    return subprocess.run(
+        [sys.executable, "-m", "colbert_lightning.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,202 @@
+"""Tests for TripleStream (sharding, passes, shuffling, negatives, bad lines) and Collator."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import colbert_lightning.resources
+from colbert_lightning.data.collate import Collator
+from colbert_lightning.data.errors import DataFormatError
+from colbert_lightning.data.readers import make_reader
+from colbert_lightning.data.streaming import TripleStream
+from colbert_lightning.data.types import TrainingBatch, TrainingExample
+from colbert_lightning.modeling.config import ColBERTConfig
+from colbert_lightning.modeling.tokenization import ColBERTTokenizer, load_tokenizer
+
+
+def write_training_file(path: Path, count: int, negatives: int = 3) -> Path:
+    lines = [
+        json.dumps(
+            {
+                "query": f"query {i}",
+                "positive": f"positive {i}",
+                "negatives": [f"negative {i}.{j}" for j in range(negatives)],
+            }
+        )
+        for i in range(count)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_stream(path: Path, **overrides: object) -> TripleStream:
+    settings = {"nway": 2, "seed": 0, "shuffle_buffer": 0, "max_passes": 1} | overrides
+    return TripleStream(path, make_reader("jsonl", path), **settings)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> ColBERTTokenizer:
+    config = ColBERTConfig(
+        tokenizer=colbert_lightning.resources.resource_path("tokenizer/bert-base-uncased"),
+        encoder_config={"model_type": "bert"},
+    )
+    return ColBERTTokenizer(load_tokenizer(config), config)
+
+
+def queries_over_ranks_and_workers(path: Path, max_passes: int) -> list[str]:
+    seen = []
+    for rank in range(2):
+        stream = make_stream(
+            path, rank=rank, world_size=2, max_passes=max_passes, shuffle_buffer=8, seed=rank
+        )
+        loader = DataLoader(stream, batch_size=None, num_workers=2)
+        seen += [example.query for example in loader]
+    return seen
+
+
+def test_each_example_once_per_pass_across_ranks_and_workers(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 101)
+    expected = Counter(f"query {i}" for i in range(101))
+    assert Counter(queries_over_ranks_and_workers(path, max_passes=1)) == expected
+    twice = Counter(queries_over_ranks_and_workers(path, max_passes=2))
+    assert twice == Counter({query: 2 for query in expected})
+
+
+def test_rank_shards_without_workers(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 10)
+    shards = [
+        [example.query for example in make_stream(path, rank=rank, world_size=3)]
+        for rank in range(3)
+    ]
+    assert shards[1] == ["query 1", "query 4", "query 7"]
+    assert sorted(sum(shards, [])) == sorted(f"query {i}" for i in range(10))
+
+
+def test_shuffle_is_seeded(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 200)
+
+    def order(seed: int) -> list[str]:
+        return [example.query for example in make_stream(path, seed=seed, shuffle_buffer=50)]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    assert sorted(order(1)) == sorted(order(2))
+    unshuffled = [example.query for example in make_stream(path, shuffle_buffer=1)]
+    assert unshuffled == [f"query {i}" for i in range(200)]
+    assert order(1) != unshuffled
+
+
+def test_passes_reshuffle_and_endless_mode_keeps_going(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 30)
+    stream = make_stream(path, shuffle_buffer=10, max_passes=None)
+    iterator = iter(stream)
+    first, second, third = ([next(iterator).query for _ in range(30)] for _ in range(3))
+    assert sorted(first) == sorted(second) == sorted(third)
+    assert first != second
+
+
+def test_negatives_sampled_deterministically(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 20, negatives=5)
+    first = list(make_stream(path, nway=3, seed=4))
+    again = list(make_stream(path, nway=3, seed=4))
+    other = list(make_stream(path, nway=3, seed=5))
+    assert all(len(example.negatives) == 2 for example in first)
+    assert first == again
+    assert [e.negatives for e in first] != [e.negatives for e in other]
+    for i, example in enumerate(first):
+        assert set(example.negatives) <= {f"negative {i}.{j}" for j in range(5)}
+    assert all(example.negatives == () for example in make_stream(path, nway=1))
+
+
+def test_bad_lines_raise_or_are_counted(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 6)
+    lines = path.read_text().splitlines()
+    lines[2] = "{broken"
+    lines[4] = ""
+    path.write_text("\n".join(lines) + "\n\n")  # the trailing blank line is no error
+    with pytest.raises(DataFormatError, match=r"train.jsonl:3: bad JSON"):
+        list(make_stream(path))
+    stream = make_stream(path, on_bad_line="skip")
+    assert [example.query for example in stream] == ["query 0", "query 1", "query 3", "query 5"]
+    assert stream.bad_lines.total == 2
+    assert stream.bad_lines.counts[(str(path), "empty line")] == 1
+
+
+def test_too_few_negatives_for_nway_is_a_bad_line(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 3, negatives=2)
+    with pytest.raises(DataFormatError, match=":1: needs at least 3 negatives, has 2"):
+        list(make_stream(path, nway=4))
+
+
+def test_empty_file_and_too_many_shards(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl is empty"):
+        list(make_stream(empty))
+    small = write_training_file(tmp_path / "small.jsonl", 2)
+    with pytest.raises(ValueError, match="fewer than the 3 shards"):
+        list(make_stream(small, rank=2, world_size=3))
+
+
+def test_all_bad_lines_in_endless_mode_raises_instead_of_spinning(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("{\n{\n")
+    with pytest.raises(ValueError, match="none of the 2 lines"):
+        list(make_stream(path, on_bad_line="skip", max_passes=None))
+
+
+def test_stream_holds_no_lines(tmp_path: Path) -> None:
+    # Design check: the stream keeps only its settings and the reader between iterations.
+    path = write_training_file(tmp_path / "train.jsonl", 50)
+    stream = make_stream(path)
+    list(stream)
+    assert not any(isinstance(value, (list, tuple)) for value in vars(stream).values())
+
+
+def test_batches_carry_skipped_line_counts(tmp_path: Path, tokenizer: ColBERTTokenizer) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 7, negatives=2)
+    lines = path.read_text().splitlines()
+    lines[1] = "[]"
+    path.write_text("\n".join(lines) + "\n")
+    stream = make_stream(
+        path, nway=3, batch_size=2, collate=Collator(tokenizer), on_bad_line="skip"
+    )
+    batches = list(DataLoader(stream, batch_size=None, num_workers=0))
+    assert [len(batch) for batch in batches] == [2, 2, 2]
+    assert [batch.skipped_lines for batch in batches] == [1, 0, 0]
+    assert all(isinstance(batch, TrainingBatch) and batch.nway == 3 for batch in batches)
+    assert batches[0].documents.input_ids.shape[0] == 6
+
+
+def test_collator_orders_documents(tokenizer: ColBERTTokenizer) -> None:
+    examples = [
+        TrainingExample("first query", "alpha", ("beta", "gamma")),
+        TrainingExample("second query", "delta", ("epsilon", "zeta")),
+    ]
+    batch = Collator(tokenizer)(examples)
+    expected = tokenizer.documents(["alpha", "beta", "gamma", "delta", "epsilon", "zeta"])
+    assert torch.equal(batch.documents.input_ids, expected.input_ids)
+    assert torch.equal(
+        batch.queries.input_ids, tokenizer.queries(["first query", "second query"]).input_ids
+    )
+    assert batch.nway == 3 and batch.skipped_lines == 0
+    with pytest.raises(ValueError, match="same number of negatives"):
+        Collator(tokenizer)([examples[0], TrainingExample("q", "p", ("n",))])
+    with pytest.raises(ValueError, match="empty list"):
+        Collator(tokenizer)([])
+
+
+def test_stream_checks_its_settings(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 4)
+    with pytest.raises(ValueError, match="rank"):
+        make_stream(path, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="on_bad_line"):
+        make_stream(path, on_bad_line="ignore")
+    with pytest.raises(ValueError, match="its reader names"):
+        TripleStream(tmp_path / "other.jsonl", make_reader("jsonl", path), 2, 0, 0)
