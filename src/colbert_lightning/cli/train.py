@@ -42,7 +42,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     commit = git_commit()
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": resolved, "git_commit": commit})
-    log.info("ColBERT parameters, loaded vs random:\n%s", model.init_summary.table())
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 

@@ -46,11 +46,12 @@ class BM25Retriever:
         self.k1 = k1
         self.b = b
         self.show_progress = show_progress
+        # bm25s's own bars are many and brief; indexing a corpus that fits in memory is quick.
         corpus_tokens = bm25s.tokenize(
-            corpus.texts, stopwords=STOPWORDS, show_progress=show_progress, allow_empty=True
+            corpus.texts, stopwords=STOPWORDS, show_progress=False, allow_empty=True
         )
         self.index = bm25s.BM25(k1=k1, b=b)
-        self.index.index(corpus_tokens, show_progress=show_progress)
+        self.index.index(corpus_tokens, show_progress=False)
 
     def score_all(self, query: str) -> np.ndarray:
         """BM25 score of ``query`` against every document, in corpus order.

@@ -128,6 +128,7 @@ def exact_search(
         desc="encoding corpus",
         unit="batch",
         disable=not show_progress,
+        leave=False,  # during training it would interleave with the trainer's bar
     ):
         tokens = encoder.tokenizer.documents([corpus_texts[row] for row in rows]).to(device)
         encoded = encoder.encode_documents(tokens)
@@ -206,6 +207,7 @@ def rerank(
         desc="encoding candidates",
         unit="batch",
         disable=not show_progress,
+        leave=False,  # during training it would interleave with the trainer's bar
     ):
         tokens = encoder.tokenizer.documents([documents[doc_id] for doc_id in batch]).to(device)
         encoded = encoder.encode_documents(tokens)
