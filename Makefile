@@ -11,22 +11,24 @@ ARGS ?=
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/activate:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
+# The stamp is written only after every step succeeded, so a broken install is retried.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
 	# torch first and pinned: a looser request pulls a multi-GB CUDA build
-	$(BIN)/pip install torch==$(TORCH_VERSION)
-	$(BIN)/pip install -e '.[test,plots]'
+	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -e '.[test,plots]'
+	touch $@
 
-install: $(BIN)/activate ## Create .venv with pinned torch and the package (editable, test extras)
+install: $(VENV)/.installed ## Create .venv with pinned torch and the package (editable, test extras)
 
-train: $(BIN)/activate ## Train the built-in default (random-init ColBERT on Cranfield); ARGS="key=value ..."
+train: $(VENV)/.installed ## Train the built-in default (random-init ColBERT on Cranfield); ARGS="key=value ..."
 	$(BIN)/python -m colbert_lightning.train $(ARGS)
 
-test: $(BIN)/activate ## Run the test suite (no network, no GPU)
+test: $(VENV)/.installed ## Run the test suite (no network, no GPU)
 	$(BIN)/python -m pytest $(ARGS)
 
-lint: $(BIN)/activate ## Ruff lint and format check
+lint: $(VENV)/.installed ## Ruff lint and format check
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 

@@ -19,7 +19,12 @@ OPTIONS = [
     (group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))
 ]
 # data=triples has no default files: give it some so that it composes to something runnable.
-TRIPLES_FILES = ["data.train.path=t.jsonl", "data.dev.corpus=c", "data.dev.queries=q", "data.dev.qrels=r"]
+TRIPLES_FILES = [
+    "data.train.path=t.jsonl",
+    "data.dev.corpus=c",
+    "data.dev.queries=q",
+    "data.dev.qrels=r",
+]
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -35,7 +40,12 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     trainer = instantiate(
-        {**OmegaConf.to_container(cfg.trainer), "devices": 1, "strategy": "auto", "accelerator": "cpu"},
+        {
+            **OmegaConf.to_container(cfg.trainer),
+            "devices": 1,
+            "strategy": "auto",
+            "accelerator": "cpu",
+        },
         callbacks=callbacks,
         logger=loggers or False,
     )

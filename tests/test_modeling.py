@@ -70,11 +70,17 @@ def test_punctuation_mask_can_be_turned_off():
 def test_missing_marker_is_an_error_unless_added():
     with pytest.raises(ValueError, match="add_marker_tokens"):
         load_tokenizer(tiny_config(query_token="[Q]", doc_token="[D]"))
-    model = ColBERT.from_config(tiny_config(query_token="[Q]", doc_token="[D]", add_marker_tokens=True))
+    model = ColBERT.from_config(
+        tiny_config(query_token="[Q]", doc_token="[D]", add_marker_tokens=True)
+    )
     vocab_size = model.encoder.get_input_embeddings().num_embeddings
     assert vocab_size == 30524
     tokens = model.tokenizer.queries(["hello"])
-    assert tokens.input_ids[0, 1].item() == model.tokenizer.tokenizer.convert_tokens_to_ids("[Q]") >= 30522
+    assert (
+        tokens.input_ids[0, 1].item()
+        == model.tokenizer.tokenizer.convert_tokens_to_ids("[Q]")
+        >= 30522
+    )
 
 
 def test_embeddings_are_unit_vectors_and_masks_follow_tokens(tiny_model):
@@ -111,7 +117,9 @@ def test_metadata_round_trip_gives_identical_scores(tiny_model):
     rebuilt = ColBERT.from_metadata(tiny_model.checkpoint_metadata()).eval()
     rebuilt.load_state_dict(tiny_model.state_dict())
     queries, documents = ["what is lift"], ["lift is a force", "drag"]
-    assert torch.equal(tiny_model.score_texts(queries, documents), rebuilt.score_texts(queries, documents))
+    assert torch.equal(
+        tiny_model.score_texts(queries, documents), rebuilt.score_texts(queries, documents)
+    )
     assert rebuilt.config == tiny_model.config
 
 

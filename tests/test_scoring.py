@@ -24,7 +24,9 @@ def naive_maxsim(query, query_mask, document, document_mask, similarity="cosine"
 
 
 def random_batch(generator, count, length, dim=8):
-    embeddings = torch.nn.functional.normalize(torch.randn(count, length, dim, generator=generator), dim=-1)
+    embeddings = torch.nn.functional.normalize(
+        torch.randn(count, length, dim, generator=generator), dim=-1
+    )
     mask = torch.rand(count, length, generator=generator) > 0.3
     mask[:, 0] = True  # at least one scored token, as [CLS] always is
     return embeddings, mask
@@ -39,7 +41,9 @@ def test_maxsim_matches_naive_loop(similarity):
     assert scores.shape == (3, 4)
     for q in range(3):
         for d in range(4):
-            expected = naive_maxsim(queries[q], query_mask[q], documents[d], document_mask[d], similarity)
+            expected = naive_maxsim(
+                queries[q], query_mask[q], documents[d], document_mask[d], similarity
+            )
             assert scores[q, d].item() == pytest.approx(expected, abs=1e-5)
 
 

@@ -58,7 +58,9 @@ def test_resume_from_last_checkpoint_continues_the_run(tmp_path, cache_dir):
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     assert first["steps"] == 6 and last.exists()
     resumed = train(
-        compose_train(tmp_path / "b", cache_dir, [*FAST, "trainer.max_steps=10", f"ckpt_path={last}"])
+        compose_train(
+            tmp_path / "b", cache_dir, [*FAST, "trainer.max_steps=10", f"ckpt_path={last}"]
+        )
     )
     assert resumed["steps"] == 10
     assert resumed["examples_seen"] == 10 * 8
@@ -87,7 +89,9 @@ def test_multirun_makes_one_folder_per_job(tmp_path, cache_dir):
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = sorted(sweep_dir.glob("*/results.json"))
     assert [path.parent.name for path in results] == ["0", "1"]
-    learning_rates = [json.loads(path.read_text())["config"]["module"]["optimizer"]["lr"] for path in results]
+    learning_rates = [
+        json.loads(path.read_text())["config"]["module"]["optimizer"]["lr"] for path in results
+    ]
     assert learning_rates == [1e-4, 3e-4]
 
 
@@ -108,3 +112,14 @@ def test_ddp_on_two_cpu_processes(tmp_path, cache_dir):
     assert results["steps"] == 3
     assert results["examples_seen"] == 3 * 8 * 2  # two processes, batch 8 each
     assert results["config"]["trainer"]["devices"] == 2
+
+
+def test_wandb_logger_runs_offline(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_train(tmp_path, cache_dir, [*FAST, "logger=wandb", "trainer.max_steps=2"])
+    results = train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(tmp_path.iterdir())
+    assert results["final"]["step"] == 2
+    assert (tmp_path / "csv" / "metrics.csv").exists()  # CSV beside wandb

@@ -8,9 +8,11 @@ query token has a non-negative best match, which is typical after training but n
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from colbert_lightning.modeling.config import Similarity
+Similarity = Literal["cosine", "l2"]
 
 
 def token_similarity(

@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,8 +48,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
-        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")  # the final step, whatever the interval
-    skipped = int(trainer.strategy.reduce(module.skipped_lines, reduce_op="sum"))
+        trainer.save_checkpoint(
+            checkpoint_dir / "last.ckpt"
+        )  # the final step, whatever the interval
+    skipped_here = torch.tensor(float(module.skipped_lines), device=module.device)
+    skipped = int(trainer.strategy.reduce(skipped_here, reduce_op="sum").item())
+    skipped += datamodule.skipped_store_lines
     evaluation = next((c for c in trainer.callbacks if isinstance(c, RetrievalEvaluation)), None)
     history = evaluation.history if evaluation else []
     results = {
@@ -108,7 +113,10 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, cwd=CONFIG_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=CONFIG_DIR,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from colbert_lightning.data.beir import DevSet, load_dev_set
 from colbert_lightning.data.collate import Collator
-from colbert_lightning.data.errors import OnBadLine
+from colbert_lightning.data.errors import BadLines, OnBadLine
 from colbert_lightning.data.prepare import prepare_triples
 from colbert_lightning.data.readers import make_reader
 from colbert_lightning.data.streaming import TripleStream
@@ -111,7 +111,9 @@ class ColBERTDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if not isinstance(nway, int) or nway < 2:
-            raise ValueError(f"data.nway must be an integer >= 2 (a positive and a negative), got {nway!r}")
+            raise ValueError(
+                f"data.nway must be an integer >= 2 (a positive and a negative), got {nway!r}"
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -129,6 +131,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         self.seed = seed
         self.on_bad_line = on_bad_line
         self._dev_set: DevSet | None = None
+        self.skipped_store_lines = 0  # bad lines of queries/collection files, when skipping
 
     def prepare_data(self) -> None:
         """Build the training triples and dev split (once per machine; cached on disk)."""
@@ -156,15 +159,21 @@ class ColBERTDataModule(pl.LightningDataModule):
             paths += [dev.corpus, dev.queries, dev.qrels, dev.candidates]
         return [path for path in paths if path]
 
-    def train_dataset(self, rank: int = 0, world_size: int = 1, max_passes: int | None = None) -> TripleStream:
+    def train_dataset(
+        self, rank: int = 0, world_size: int = 1, max_passes: int | None = None
+    ) -> TripleStream:
         """The streaming training set for one process of ``world_size``."""
         if self.tokenizer is None:
             raise RuntimeError("ColBERTDataModule needs the model's tokenizer before training")
         files = self.train_files
-        queries = TextStore(files.queries) if files.queries else None
-        collection = TextStore(files.collection) if files.collection else None
+        queries = self._text_store(files.queries) if files.queries else None
+        collection = self._text_store(files.collection) if files.collection else None
         reader = make_reader(
-            files.format, files.path, queries=queries, collection=collection, min_negatives=self.nway - 1
+            files.format,
+            files.path,
+            queries=queries,
+            collection=collection,
+            min_negatives=self.nway - 1,
         )
         return TripleStream(
             path=files.path,
@@ -179,6 +188,16 @@ class ColBERTDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             collate=Collator(self.tokenizer),
         )
+
+    def _text_store(self, path: str) -> TextStore:
+        bad_lines = BadLines(self.on_bad_line)
+        store = TextStore(path, bad_lines=bad_lines)
+        if bad_lines.total:
+            log.warning(
+                "skipped %d bad lines in %s: %s", bad_lines.total, path, dict(bad_lines.counts)
+            )
+            self.skipped_store_lines += bad_lines.total
+        return store
 
     def train_dataloader(self) -> DataLoader:
         """An endless stream of batches; ``trainer.max_steps`` ends training."""

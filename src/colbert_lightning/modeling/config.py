@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from colbert_lightning.scoring import Similarity
+
 Init = Literal["pretrained", "random"]
-Similarity = Literal["cosine", "l2"]
 
 
 @dataclass
@@ -67,7 +68,11 @@ class ColBERTConfig:
             )
         if self.init == "pretrained" and not self.name_or_path:
             raise ValueError("model.init=pretrained needs model.name_or_path (hub name or folder)")
-        if self.init == "random" and not self.name_or_path and "model_type" not in self.encoder_config:
+        if (
+            self.init == "random"
+            and not self.name_or_path
+            and "model_type" not in self.encoder_config
+        ):
             raise ValueError(
                 "model.init=random needs model.name_or_path (a config to copy) or "
                 "model.encoder_config.model_type (for example bert)"

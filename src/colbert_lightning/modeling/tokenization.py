@@ -2,8 +2,8 @@
 
 Layout (BERT uncased ids), as colbert-ai and PyLate produce it::
 
-    query:    [CLS] [unused0] what is ... [SEP] [MASK] [MASK] ...   (exactly query_maxlen)
-    document: [CLS] [unused1] the text ... [SEP] [PAD] ...           (longest in batch, <= doc_maxlen)
+    query:    [CLS] [unused0] what is ... [SEP] [MASK] [MASK] ...  (exactly query_maxlen)
+    document: [CLS] [unused1] the text ... [SEP] [PAD] ...          (batch's longest <= doc_maxlen)
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ def resource_path(name: str) -> str:
     """
     path = Path(__file__).parent / name
     if not path.exists():
-        shipped = sorted(p.name for p in Path(__file__).parent.iterdir() if not p.name.startswith("_"))
+        shipped = sorted(
+            p.name for p in Path(__file__).parent.iterdir() if not p.name.startswith("_")
+        )
         raise FileNotFoundError(f"no shipped resource {name!r}; the package ships {shipped}")
     return str(path)

@@ -144,9 +144,11 @@ class ColBERTModule(pl.LightningModule):
                 rankings = {
                     query_id: [
                         (dev_set.corpus_ids[index], score)
-                        for index, score in zip(indices[row].tolist(), scores[row].tolist())
+                        for index, score in zip(row_indices, row_scores, strict=True)
                     ]
-                    for row, query_id in enumerate(query_ids)
+                    for query_id, row_indices, row_scores in zip(
+                        query_ids, indices.tolist(), scores.tolist(), strict=True
+                    )
                 }
             elif mode == "rerank":
                 if dev_set.candidates is None:
@@ -155,7 +157,7 @@ class ColBERTModule(pl.LightningModule):
                     self.model,
                     dev_set.queries,
                     dev_set.candidates,
-                    dict(zip(dev_set.corpus_ids, dev_set.corpus_texts)),
+                    dict(zip(dev_set.corpus_ids, dev_set.corpus_texts, strict=True)),
                     batch_size=batch_size,
                 )
             else:
@@ -181,12 +183,39 @@ class ColBERTModule(pl.LightningModule):
         self.examples_seen = int(counters.get("examples_seen", 0))
 
 
+class _AllGatherWithGradient(torch.autograd.Function):
+    """Concatenate every process' tensor along dim 0; gradients go back to their owners.
+
+    The backward pass sums, over processes, each one's gradient for the gathered tensor and
+    keeps this process' rows. (With torch 2.13 over gloo,
+    ``torch.distributed.nn.functional.all_gather`` returned wrong gradients to one of two
+    processes in ``tests/test_distributed.py``; this function passes that test.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        world_size = dist.get_world_size()
+        gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(gathered, tensor.contiguous())
+        ctx.rows = tensor.shape[0]
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
+        gradient = gradient.contiguous()
+        dist.all_reduce(gradient, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return gradient[start : start + ctx.rows]
+
+
 def gather_documents(
     embeddings: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """All processes' document embeddings, with gradients flowing back to their owners.
 
-    Documents are padded to the longest length across processes before gathering.
+    Documents are padded to the longest length across processes before gathering. With DDP
+    averaging gradients over processes, the result equals single-process training on the
+    concatenated batch (``tests/test_distributed.py`` checks this).
 
     Args:
         embeddings: (N, L, dim) this process' document embeddings.
@@ -196,16 +225,14 @@ def gather_documents(
         (world * N, L_max, dim) embeddings, (world * N, L_max) mask, and the row of this
         process' first document.
     """
-    from torch.distributed.nn.functional import all_gather  # autograd-aware collective
-
     world_size, rank = dist.get_world_size(), dist.get_rank()
     length = torch.tensor([embeddings.shape[1]], device=embeddings.device)
     lengths = [torch.zeros_like(length) for _ in range(world_size)]
     dist.all_gather(lengths, length)
     pad = int(max(lengths).item()) - embeddings.shape[1]
-    embeddings = torch.nn.functional.pad(embeddings, (0, 0, 0, pad))
-    mask = torch.nn.functional.pad(mask, (0, pad), value=False)
-    gathered = torch.cat(all_gather(embeddings), dim=0)
+    embeddings = torch.nn.functional.pad(embeddings, (0, 0, 0, pad))  # (N, L_max, dim)
+    mask = torch.nn.functional.pad(mask, (0, pad), value=False)  # (N, L_max)
+    gathered = _AllGatherWithGradient.apply(embeddings)
     masks = [torch.zeros_like(mask) for _ in range(world_size)]
-    dist.all_gather(masks, mask)
+    dist.all_gather(masks, mask.contiguous())
     return gathered, torch.cat(masks, dim=0), rank * embeddings.shape[0]

@@ -23,8 +23,7 @@ def resolve_warmup_steps(warmup_steps: int | float, max_steps: int) -> int:
     if isinstance(warmup_steps, float) and not warmup_steps.is_integer():
         if not 0 <= warmup_steps < 1:
             raise ValueError(
-                "module.scheduler.warmup_steps as a fraction must be in [0, 1), "
-                f"got {warmup_steps}"
+                f"module.scheduler.warmup_steps as a fraction must be in [0, 1), got {warmup_steps}"
             )
         return int(round(warmup_steps * max_steps))
     steps = int(warmup_steps)
@@ -36,7 +35,9 @@ def resolve_warmup_steps(warmup_steps: int | float, max_steps: int) -> int:
     return steps
 
 
-def lr_factor(step: int, max_steps: int, warmup_steps: int, decay: Decay, min_ratio: float) -> float:
+def lr_factor(
+    step: int, max_steps: int, warmup_steps: int, decay: Decay, min_ratio: float
+) -> float:
     """Multiplier of the peak learning rate after ``step`` optimiser steps.
 
     Example:
@@ -76,7 +77,9 @@ def warmup_then_decay(
     if max_steps is None or max_steps < 1:
         raise ValueError(f"the schedule needs trainer.max_steps >= 1, got {max_steps}")
     if decay not in ("linear", "cosine", "constant"):
-        raise ValueError(f"module.scheduler.decay must be linear, cosine or constant, got {decay!r}")
+        raise ValueError(
+            f"module.scheduler.decay must be linear, cosine or constant, got {decay!r}"
+        )
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"module.scheduler.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
     warmup = resolve_warmup_steps(warmup_steps, max_steps)
