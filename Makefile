@@ -29,8 +29,8 @@ test: $(VENV)/.installed ## Run the test suite (no network, no GPU)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(VENV)/.installed ## Ruff lint and format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 
 clean: ## Remove run outputs (outputs/, multirun/, .cache/); keeps .venv
 	rm -rf outputs multirun .cache lightning_logs wandb
