@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.cli.validate import check_config
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.training import AtomicCheckpointIO, RetrievalEvaluation
 
@@ -28,6 +29,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Tests call this directly with a composed config; the command line goes through :func:`main`.
     """
     started = time.time()
+    check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     # Data first: a wrong path or value fails before any model weight is built or loaded.
     datamodule = instantiate(cfg.data)
@@ -61,6 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "examples_seen": module.examples_seen,
         "wall_time_s": round(time.time() - started, 1),
         "skipped_lines": skipped,
+        "nonfinite_batches": module.nonfinite_batches,
         "step0": _metrics_at(history, 0),
         "final": history[-1] if history else None,
         "best": max(history, key=lambda row: row.get("val/ndcg@10", float("-inf")), default=None),

@@ -16,6 +16,7 @@ from colbert_lightning.data.prepare import prepare_triples
 from colbert_lightning.data.readers import make_reader
 from colbert_lightning.data.streaming import TripleStream
 from colbert_lightning.data.text_store import TextStore
+from colbert_lightning.data.types import TrainingBatch
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         self.on_bad_line = on_bad_line
         self._dev_set: DevSet | None = None
         self.skipped_store_lines = 0  # bad lines of queries/collection files, when skipping
+        self.batches_consumed = 0  # training batches this process handed to the model
 
     def prepare_data(self) -> None:
         """Build the training triples and dev split (once per machine; cached on disk)."""
@@ -187,6 +189,7 @@ class ColBERTDataModule(pl.LightningDataModule):
             world_size=world_size,
             batch_size=self.batch_size,
             collate=Collator(self.tokenizer),
+            skip_batches=self.batches_consumed,
         )
 
     def _text_store(self, path: str) -> TextStore:
@@ -211,6 +214,20 @@ class ColBERTDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             prefetch_factor=4 if self.num_workers > 0 else None,
         )
+
+    def on_after_batch_transfer(self, batch: TrainingBatch, dataloader_idx: int) -> TrainingBatch:
+        """Count the batches the model receives: the stream's position for an exact resume."""
+        if self.trainer is not None and self.trainer.training:
+            self.batches_consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: how far into the stream this process has read."""
+        return {"batches_consumed": self.batches_consumed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """On resume, before the dataloader is built: continue the stream where it stopped."""
+        self.batches_consumed = int(state_dict["batches_consumed"])
 
     def dev_set(self) -> DevSet | None:
         """The dev corpus, queries and judgments (loaded once)."""

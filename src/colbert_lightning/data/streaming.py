@@ -44,6 +44,11 @@ class TripleStream(IterableDataset):
         collate: turns a list of examples into a batch; ``None`` yields examples one by one.
             In endless mode batches run across pass boundaries; in finite mode the last batch
             may be smaller.
+        skip_batches: batches this process already trained on (from a checkpoint). The
+            DataLoader takes batches from its workers in turn, so worker ``w`` of ``W`` skips
+            the batches numbered ``w, w + W, ...`` below ``skip_batches``: the resumed stream
+            continues exactly where the interrupted one stopped, without tokenising the skipped
+            examples again.
 
     Attributes:
         bad_lines: the skipped-line tally of the current iteration, in this process (each
@@ -63,6 +68,7 @@ class TripleStream(IterableDataset):
         world_size: int = 1,
         batch_size: int = 1,
         collate: Callable[[list[TrainingExample]], TrainingBatch] | None = None,
+        skip_batches: int = 0,
     ) -> None:
         super().__init__()
         if os.path.abspath(path) != os.path.abspath(reader.path):
@@ -75,6 +81,8 @@ class TripleStream(IterableDataset):
             raise ValueError(f"need 0 <= rank < world_size, got {rank} and {world_size}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if skip_batches < 0:
+            raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
         self.reader = reader
         self.path = str(path)
         self.nway = nway
@@ -86,6 +94,7 @@ class TripleStream(IterableDataset):
         self.world_size = world_size
         self.batch_size = batch_size
         self.collate = collate
+        self.skip_batches = skip_batches
         self.bad_lines = BadLines(on_bad_line)  # also validates the policy
 
     def __iter__(self) -> Iterator[TrainingExample] | Iterator[TrainingBatch]:
@@ -163,8 +172,16 @@ class TripleStream(IterableDataset):
 
     def _batches(self, examples: Iterator[TrainingExample]) -> Iterator[TrainingBatch]:
         assert self.collate is not None
+        worker = get_worker_info()
+        num_workers, worker_id = (1, 0) if worker is None else (worker.num_workers, worker.id)
+        # Batches w, w + W, w + 2W, ... of this process come from worker w.
+        already_trained = max(0, (self.skip_batches - worker_id + num_workers - 1) // num_workers)
+        for _ in range(already_trained * self.batch_size):
+            if next(examples, None) is None:
+                return
+        # Bad lines met while fast-forwarding were reported by the interrupted run.
+        reported = self.bad_lines.total
         batch: list[TrainingExample] = []
-        reported = 0
         for example in examples:
             batch.append(example)
             if len(batch) == self.batch_size:

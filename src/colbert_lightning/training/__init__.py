@@ -1,7 +1,17 @@
 """Training: the LightningModule, its callbacks and learning-rate schedules."""
 
-from colbert_lightning.training.callbacks import AtomicCheckpointIO, RetrievalEvaluation
+from colbert_lightning.training.callbacks import (
+    AtomicCheckpointIO,
+    PreemptionCheckpoint,
+    RetrievalEvaluation,
+)
 from colbert_lightning.training.module import ColBERTModule
 from colbert_lightning.training.schedules import warmup_then_decay
 
-__all__ = ["AtomicCheckpointIO", "ColBERTModule", "RetrievalEvaluation", "warmup_then_decay"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "ColBERTModule",
+    "PreemptionCheckpoint",
+    "RetrievalEvaluation",
+    "warmup_then_decay",
+]

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from colbert_lightning.metrics.schedule import EvaluationSchedule
 
@@ -120,5 +121,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
+        except OSError as error:
+            kept = "the previous one is intact" if path.exists() else "no earlier one exists"
+            raise OSError(
+                error.errno, f"could not write checkpoint {path} ({error.strerror}); {kept}"
+            ) from error
         finally:
             temporary.unlink(missing_ok=True)
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """On SIGTERM (SLURM pre-emption, ``kill``), save ``last.ckpt`` at a batch boundary, then exit.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` once the current batch is done; this
+    callback writes the checkpoint the resumed run continues from.
+
+    Args:
+        dirpath: the folder of ``last.ckpt`` (the same as the last-checkpoint callback's).
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Save the run's state if the exception is Lightning's reaction to SIGTERM."""
+        if isinstance(exception, SIGTERMException):
+            path = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(path)
+            log.warning(
+                "SIGTERM at step %d: saved %s; resume with ckpt_path=%s",
+                trainer.global_step,
+                path,
+                path,
+            )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
@@ -38,6 +40,8 @@ class ColBERTModule(pl.LightningModule):
         gather_across_devices: under DDP, also use the other processes' documents as in-batch
             negatives (gradients flow back to the process that encoded them).
         weight_decay_exclude: parameter-name fragments exempt from weight decay.
+        skip_nonfinite: skip a batch whose loss is NaN or infinite (no update; counted)
+            instead of stopping the run. Single-process training only.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class ColBERTModule(pl.LightningModule):
         in_batch_negatives: bool = True,
         gather_across_devices: bool = False,
         weight_decay_exclude: tuple[str, ...] = ("bias", "LayerNorm", "layer_norm"),
+        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -56,14 +61,29 @@ class ColBERTModule(pl.LightningModule):
         self.in_batch_negatives = in_batch_negatives
         self.gather_across_devices = gather_across_devices
         self.weight_decay_exclude = tuple(weight_decay_exclude)
-        self.examples_seen = 0  # across all processes; restored on resume
+        self.skip_nonfinite = skip_nonfinite
+        # Counters, saved in checkpoints. Updated inside training_step, because checkpoint
+        # callbacks run before the module's own on_train_batch_end.
+        self.examples_seen = 0  # across all processes
         self.skipped_lines = 0  # bad training lines skipped by this process' workers
+        self.nonfinite_batches = 0  # batches skipped for a non-finite loss
         self._checkpoint_metadata: dict[str, Any] | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def setup(self, stage: str) -> None:
+        """Refuse option combinations that cannot work."""
+        if self.skip_nonfinite and self.trainer.world_size > 1:
+            raise ValueError(
+                "module.skip_nonfinite=true works in single-process training only: under DDP a "
+                "skipped batch on one process would stall the others' gradient all-reduce"
+            )
 
     # ---- training -------------------------------------------------------------------------
 
-    def training_step(self, batch: TrainingBatch, batch_idx: int) -> torch.Tensor:
-        """Encode the batch, score it and return the contrastive loss."""
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> torch.Tensor | None:
+        """Encode the batch, score it and return the contrastive loss (None: skip the batch)."""
+        self.examples_seen += len(batch) * self.trainer.world_size
+        self.skipped_lines += batch.skipped_lines
         queries = self.model.encode_queries(batch.queries)  # (B, Lq, dim)
         documents = self.model.encode_documents(batch.documents)  # (B * nway, Ld, dim)
         batch_size, nway = len(batch), batch.nway
@@ -86,16 +106,32 @@ class ColBERTModule(pl.LightningModule):
             )  # (B, nway)
             loss = nway_cross_entropy(scores)
             own = scores[:, 0]
-        self.skipped_lines += batch.skipped_lines
+        if not torch.isfinite(loss):
+            return self._nonfinite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/positive_score", own.mean().detach(), batch_size=batch_size)
+        self.log("train/examples_seen", float(self.examples_seen), batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: TrainingBatch, batch_idx: int) -> None:
-        """Count examples seen, across processes, so curves compare across batch sizes."""
-        self.examples_seen += len(batch) * self.trainer.world_size
-        self.log("train/examples_seen", float(self.examples_seen), batch_size=len(batch))
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch))
+    def _nonfinite(self, loss: torch.Tensor) -> None:
+        step = self.trainer.global_step
+        if not self.skip_nonfinite:
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {step}: stopping; the last "
+                "checkpoint written before it is kept. Lower module.optimizer.lr, check the "
+                "data, or set module.skip_nonfinite=true to skip such batches"
+            )
+        self.nonfinite_batches += 1
+        log.warning("non-finite loss (%s) at step %d: batch skipped", loss.item(), step)
+        self.log("train/nonfinite_batches", float(self.nonfinite_batches))
+        return None  # Lightning skips backward and the update
+
+    def on_train_batch_start(self, batch: TrainingBatch, batch_idx: int) -> None:
+        """After a resume, continue with the random state the interrupted run had here."""
+        if self._rng_to_restore is not None:
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (or the configured optimiser) with decay off for biases and norms; the schedule."""
@@ -171,16 +207,48 @@ class ColBERTModule(pl.LightningModule):
     # ---- checkpoints ----------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what rebuilds the model offline, and the run's counters."""
+        """Store what rebuilds the model offline, the run's counters and the random state."""
         if self._checkpoint_metadata is None:
             self._checkpoint_metadata = self.model.checkpoint_metadata()
         checkpoint["colbert"] = self._checkpoint_metadata
-        checkpoint["colbert_counters"] = {"examples_seen": self.examples_seen}
+        checkpoint["colbert_counters"] = {
+            "examples_seen": self.examples_seen,
+            "skipped_lines": self.skipped_lines,
+            "nonfinite_batches": self.nonfinite_batches,
+        }
+        checkpoint["colbert_rng"] = _get_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the counters on resume."""
+        """Restore the counters; the random state is restored when training resumes."""
         counters = checkpoint.get("colbert_counters", {})
         self.examples_seen = int(counters.get("examples_seen", 0))
+        self.skipped_lines = int(counters.get("skipped_lines", 0))
+        self.nonfinite_batches = int(counters.get("nonfinite_batches", 0))
+        self._rng_to_restore = checkpoint.get("colbert_rng")
+
+
+def _get_rng_states() -> dict[str, Any]:
+    # Plain types and tensors only: Lightning loads checkpoints with ``weights_only=True``.
+    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [algorithm, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    algorithm, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state(
+        (algorithm, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian)
+    )
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class _AllGatherWithGradient(torch.autograd.Function):

@@ -1,0 +1,76 @@
+"""Checks of a composed training config that must fail before any model is built."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from colbert_lightning.training.schedules import resolve_warmup_steps
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what it accepts."""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast on impossible values and missing files, naming the key.
+
+    Types and ranges of the model and data options are checked by the classes they instantiate
+    (``ColBERTConfig``, ``ColBERTDataModule``), which the training script builds before any weight.
+
+    Raises:
+        ConfigError: the first problem found.
+    """
+    max_steps = cfg.trainer.get("max_steps")
+    if not cfg.trainer.get("fast_dev_run"):
+        if not _is_int(max_steps) or max_steps < 1:
+            raise ConfigError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+        scheduler = cfg.module.get("scheduler")
+        if scheduler is not None and "warmup_steps" in scheduler:
+            try:
+                resolve_warmup_steps(scheduler.warmup_steps, max_steps)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+    lr = cfg.module.optimizer.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
+        raise ConfigError(f"module.optimizer.lr must be a positive number, got {lr!r}")
+    _check_data_paths(cfg.data)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    _check_writable("paths.output_dir", Path(cfg.paths.output_dir))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_data_paths(data: DictConfig) -> None:
+    prepare = data.get("prepare")
+    produced_under = Path(prepare.output_dir).resolve() if prepare else None
+    if prepare:
+        root = Path(prepare.root)
+        if not root.is_dir():
+            raise ConfigError(f"data.prepare.root={root}: no such folder (a BEIR-layout folder)")
+    files = [("data.train", data.train)]
+    if data.get("dev") is not None:
+        files.append(("data.dev", data.dev))
+    for group, node in files:
+        for key, value in node.items():
+            if key in ("_target_", "format") or value is None:
+                continue
+            path = Path(str(value))
+            made_by_prepare = produced_under in path.resolve().parents if produced_under else False
+            if not path.exists() and not made_by_prepare:
+                raise ConfigError(f"{group}.{key}={path}: no such file")
+
+
+def _check_writable(key: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{key}={folder}: cannot create the folder ({error.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={folder}: the folder is not writable")
