@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first and pinned: a looser request pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -e '.[test,plots]'
+	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv with pinned torch and the package (editable, test extras)
@@ -28,6 +28,13 @@ train: $(VENV)/.installed ## Train the built-in default (random-init ColBERT on 
 test: $(VENV)/.installed ## Run the test suite (no network, no GPU)
 	$(BIN)/python -m pytest $(ARGS)
 
+# One folder per `make sweep`; override with `make sweep SWEEP_DIR=...`.
+SWEEP_DIR := outputs/sweeps/cranfield_grid/$(shell date +%Y-%m-%d_%H-%M-%S)
+
+sweep: $(VENV)/.installed ## A 4-job grid (lr x warmup) on Cranfield on CPU, then its summary table and plots
+	$(BIN)/python -m colbert_lightning.train hparams_search=cranfield_grid hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+	$(BIN)/python -m colbert_lightning.summarize $(SWEEP_DIR)
+
 lint: $(VENV)/.installed ## Ruff lint and format check
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
@@ -35,4 +42,4 @@ lint: $(VENV)/.installed ## Ruff lint and format check
 clean: ## Remove run outputs (outputs/, multirun/, .cache/); keeps .venv
 	rm -rf outputs multirun .cache lightning_logs wandb
 
-.PHONY: help install train test lint clean
+.PHONY: help install train test sweep lint clean

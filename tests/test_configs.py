@@ -14,9 +14,23 @@ from colbert_lightning.training import ColBERTModule
 from tests.conftest import tiny_config
 from tests.helpers import compose_train
 
-GROUPS = ["model", "data", "module", "trainer", "callbacks", "logger", "experiment", "debug"]
+GROUPS = [
+    "model",
+    "data",
+    "module",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "hparams_search",
+    "debug",
+]
+# trainer=slurm reads its sizes from the SLURM launcher: tests/test_sweeps.py composes the pair.
 OPTIONS = [
-    (group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))
+    (group, str(path.relative_to(CONFIG_DIR / group).with_suffix("")))
+    for group in GROUPS
+    for path in sorted((CONFIG_DIR / group).rglob("*.yaml"))
+    if (group, path.stem) != ("trainer", "slurm")
 ]
 # data=triples has no default files: give it some so that it composes to something runnable.
 TRIPLES_FILES = [

@@ -13,7 +13,7 @@ or from the shell::
 
     python -m colbert_lightning.summarize SWEEP_DIR [--output DIR]
 
-Plotting needs matplotlib (the ``plots`` extra); reading and tabulating do not.
+matplotlib is imported only when plotting, so reading and tabulating stay light.
 """
 
 from __future__ import annotations
@@ -199,7 +199,9 @@ def read_validation_curve(metrics_csv: Path) -> ValidationCurve:
     """
     with metrics_csv.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        metric_names = [name for name in reader.fieldnames or [] if name.startswith(VALIDATION_PREFIX)]
+        metric_names = [
+            name for name in reader.fieldnames or [] if name.startswith(VALIDATION_PREFIX)
+        ]
         rows = [row for row in reader if any(row.get(name) for name in metric_names)]
     rows.sort(key=lambda row: int(float(row["step"])))
     return ValidationCurve(
@@ -292,7 +294,7 @@ def varying_overrides(jobs: Sequence[Job]) -> dict[str, str]:
         key: short
         if last_components.count(short) == 1 and short not in reserved and short != key
         else key
-        for key, short in zip(varying, last_components)
+        for key, short in zip(varying, last_components, strict=True)
     }
 
 
@@ -382,6 +384,25 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _round_ticks(linear_up_to: float, right: float) -> list[float]:
+    # 0, the end of the linear part, then 1-2-5 steps (powers of ten alone past two decades).
+    multipliers = (1, 2, 5) if right / linear_up_to <= 100 else (1,)
+    ticks = [0.0, linear_up_to]
+    power = 10 ** math.floor(math.log10(linear_up_to))
+    while power <= right:
+        ticks += [power * m for m in multipliers if linear_up_to * 1.5 < power * m <= right]
+        power *= 10
+    return ticks
+
+
+def _short_number(value: float) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
 def plot_curves(sweep: Sweep, metric: str, x_axis: str) -> Figure:
     """Draw one dev metric against steps or examples seen, one line per job.
 
@@ -398,17 +419,11 @@ def plot_curves(sweep: Sweep, metric: str, x_axis: str) -> Figure:
 
     Raises:
         ValueError: Unknown ``x_axis``.
-        ImportError: matplotlib is not installed.
     """
     if x_axis not in CURVE_AXES:
         raise ValueError(f"x_axis must be one of {sorted(CURVE_AXES)}, got {x_axis!r}")
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError(
-            "plotting needs matplotlib: pip install 'colbert-lightning[plots]'"
-        ) from error
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7.0, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
@@ -416,24 +431,32 @@ def plot_curves(sweep: Sweep, metric: str, x_axis: str) -> Figure:
     varying = varying_overrides(sweep.jobs)
     smallest_positive_x = math.inf
     for job in sweep.jobs:
-        curve = job.curve
+        values = job.curve.metrics.get(metric)
+        if values is None:
+            continue
         points = [
             (x, y)
-            for x, y in zip(getattr(curve, x_axis), curve.metrics.get(metric, []))
+            for x, y in zip(getattr(job.curve, x_axis), values, strict=True)
             if not (math.isnan(x) or math.isnan(y))
         ]
         if not points:
             continue
-        xs, ys = zip(*points)
+        xs, ys = zip(*points, strict=True)
         smallest_positive_x = min([smallest_positive_x, *(x for x in xs if x > 0)])
         axes.plot(xs, ys, marker="o", markersize=3, label=job_label(job, varying))
     linear_up_to = smallest_positive_x if math.isfinite(smallest_positive_x) else 1.0
     axes.set_xscale("symlog", linthresh=linear_up_to)
-    axes.set_xlim(left=0)
+    # Symlog's own ticks fall inside the linear part or skip short ranges; label round numbers.
+    right = max(axes.get_xlim()[1], linear_up_to)
+    axes.set_xticks(_round_ticks(linear_up_to, right), minor=False)
+    axes.set_xticks([], minor=True)
+    axes.xaxis.set_major_formatter(lambda value, _position: _short_number(value))
+    # A small margin left of 0 so that step-0 markers are drawn whole.
+    axes.set_xlim(-0.05 * linear_up_to, right)
     axis_name = CURVE_AXES[x_axis][1]
     axes.set_xlabel(f"{axis_name} (symlog: linear up to {linear_up_to:g}, log above)")
-    axes.set_ylabel(f"dev {metric}")
-    axes.set_title(f"dev {metric} against {axis_name}")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} on the dev split against {axis_name}")
     axes.grid(True, which="both", alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small")

@@ -59,11 +59,21 @@ def wandb_group(task_name: str) -> str | None:
 
 
 def wandb_run_name() -> str | None:
-    """``${wandb_run_name:}``: a multirun job is named by its overrides, e.g. ``lr=1e-4,bs=16``."""
+    """``${wandb_run_name:}``: a multirun job is named by its overrides, e.g. ``3:lr=1e-4,bs=16``.
+
+    Keys are shortened to their last part; paths and folders are left out of the name.
+    """
     if not _is_multirun():
         return None
-    overrides = HydraConfig.get().overrides.task
-    return ",".join(override.split(".")[-1] for override in overrides) or None
+    hydra_config = HydraConfig.get()
+    parts = []
+    for override in hydra_config.overrides.task:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key.startswith(("hydra", "paths")) or key.endswith(("_dir", "path", "root")):
+            continue
+        parts.append(f"{key.split('.')[-1]}={value}")
+    return f"{hydra_config.job.num}:" + ",".join(parts)
 
 
 def register_resolvers() -> None:

@@ -13,6 +13,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
@@ -72,6 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": commit,
         "config": resolved,
     }
+    _finish_wandb_runs(trainer)
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s", summary_table(results))
         log.info("results: %s", output_dir / "results.json")
     return results
+
+
+def _finish_wandb_runs(trainer: pl.Trainer) -> None:
+    # A wandb run left open is reused by the next WandbLogger in this process: the jobs of a
+    # multirun would all log into the first job's run.
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def _metrics_at(history: list[dict[str, float]], step: int) -> dict[str, float] | None:
@@ -129,8 +139,8 @@ def git_commit() -> str | None:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     results = train(cfg)
-    final = results["final"] or {}
-    return final.get("val/ndcg@10")  # the value optimising sweepers maximise
+    best = results["best"] or {}
+    return best.get("val/ndcg@10")  # what optimising sweepers (hparams_search=optuna) maximise
 
 
 def main() -> None:
