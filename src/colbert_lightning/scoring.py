@@ -69,11 +69,10 @@ def maxsim(
         >>> maxsim(q, torch.tensor([[True, True]]), d, torch.tensor([[False, True, True]]))
         tensor([[1.]])
     """
-    scores = token_similarity(queries, documents, similarity)  # (Q, D, Lq, Ld)
-    scores = scores.masked_fill(~document_mask.bool()[None, :, None, :], float("-inf"))
-    best = scores.max(dim=-1).values  # (Q, D, Lq)
-    best = best.masked_fill(~query_mask.bool()[:, None, :], 0.0)
-    return best.sum(dim=-1)
+    similarities = token_similarity(queries, documents, similarity)  # (Q, D, Lq, Ld)
+    return _sum_of_best_matches(
+        similarities, query_mask.bool()[:, None, :], document_mask.bool()[None, :, :]
+    )
 
 
 def maxsim_grouped(
@@ -102,7 +101,22 @@ def maxsim_grouped(
         dots = 2 * dots - query_norms - doc_norms
     elif similarity != "cosine":
         raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
-    dots = dots.masked_fill(~document_mask.bool()[:, :, None, :], float("-inf"))
-    best = dots.max(dim=-1).values  # (B, N, Lq)
-    best = best.masked_fill(~query_mask.bool()[:, None, :], 0.0)
-    return best.sum(dim=-1)
+    return _sum_of_best_matches(dots, query_mask.bool()[:, None, :], document_mask.bool())
+
+
+def _sum_of_best_matches(
+    similarities: torch.Tensor, query_mask: torch.Tensor, document_mask: torch.Tensor
+) -> torch.Tensor:
+    """MaxSim's reduction: best scored document token per query token, summed over query tokens.
+
+    Args:
+        similarities: (..., Lq, Ld) token similarities.
+        query_mask: broadcastable to (..., Lq).
+        document_mask: broadcastable to (..., Ld).
+
+    Returns:
+        (...) scores.
+    """
+    similarities = similarities.masked_fill(~document_mask.unsqueeze(-2), float("-inf"))
+    best = similarities.max(dim=-1).values  # (..., Lq)
+    return best.masked_fill(~query_mask, 0.0).sum(dim=-1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.data.prepare import PrepareResult, prepare_triples
@@ -11,18 +11,8 @@ from colbert_lightning.data.prepare import PrepareResult, prepare_triples
 
 def prepare(cfg: DictConfig) -> PrepareResult:
     """Run :func:`prepare_triples` with the values of a composed ``prepare`` config."""
-    return prepare_triples(
-        root=cfg.root,
-        split=cfg.split,
-        output_dir=cfg.output_dir,
-        negatives_per_positive=cfg.negatives_per_positive,
-        min_rank=cfg.min_rank,
-        max_rank=cfg.max_rank,
-        dev_queries=cfg.dev_queries,
-        seed=cfg.seed,
-        k1=cfg.k1,
-        b=cfg.b,
-    )
+    # conf/prepare.yaml holds exactly prepare_triples' arguments
+    return prepare_triples(**OmegaConf.to_container(cfg, resolve=True))
 
 
 def summary(result: PrepareResult) -> str:

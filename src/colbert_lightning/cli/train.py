@@ -51,9 +51,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
-        trainer.save_checkpoint(
-            checkpoint_dir / "last.ckpt"
-        )  # the final step, whatever the interval
+        # last.ckpt holds the final step, whatever the checkpoint interval
+        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
     skipped_here = torch.tensor(float(module.skipped_lines), device=module.device)
     skipped = int(trainer.strategy.reduce(skipped_here, reduce_op="sum").item())
     skipped += datamodule.skipped_store_lines

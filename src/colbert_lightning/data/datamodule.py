@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -69,6 +69,8 @@ class PrepareSpec:
         max_rank: last BM25 rank (1-based, inclusive).
         dev_queries: queries held out for dev: a count, or a fraction if below 1.
         seed: seed of the dev split and the negative sampling.
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
     """
 
     root: str
@@ -79,6 +81,8 @@ class PrepareSpec:
     max_rank: int = 100
     dev_queries: int | float = 50
     seed: int = 0
+    k1: float = 0.9
+    b: float = 0.4
 
 
 class ColBERTDataModule(pl.LightningDataModule):
@@ -138,17 +142,7 @@ class ColBERTDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Build the training triples and dev split (once per machine; cached on disk)."""
         if self.prepare_spec is not None:
-            spec = self.prepare_spec
-            prepare_triples(
-                root=spec.root,
-                split=spec.split,
-                output_dir=spec.output_dir,
-                negatives_per_positive=spec.negatives_per_positive,
-                min_rank=spec.min_rank,
-                max_rank=spec.max_rank,
-                dev_queries=spec.dev_queries,
-                seed=spec.seed,
-            )
+            prepare_triples(**asdict(self.prepare_spec))
         missing = [path for path in self._input_paths() if not Path(path).exists()]
         if missing:
             raise FileNotFoundError(f"data files not found: {missing}")
