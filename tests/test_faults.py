@@ -80,17 +80,31 @@ def assert_same_weights(resumed: dict, reference: dict) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cache_dir):
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    results = train(compose_train(run_dir, cache_dir, RESUMABLE))
-    assert results["steps"] == 24
-    return weights(run_dir / "checkpoints" / "last.ckpt")
+    """Final weights of an uninterrupted run, by number of DataLoader workers."""
+    reference: dict[int, dict[str, torch.Tensor]] = {}
+
+    def weights_for(workers: int) -> dict[str, torch.Tensor]:
+        if workers not in reference:
+            run_dir = tmp_path_factory.mktemp(f"uninterrupted{workers}")
+            overrides = [*RESUMABLE, f"data.num_workers={workers}"]
+            assert train(compose_train(run_dir, cache_dir, overrides))["steps"] == 24
+            reference[workers] = weights(run_dir / "checkpoints" / "last.ckpt")
+        return reference[workers]
+
+    return weights_for
 
 
-@pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_weights(kill_signal, tmp_path, cache_dir, uninterrupted):
+@pytest.mark.parametrize(
+    ("kill_signal", "workers"),
+    [(signal.SIGKILL, 1), (signal.SIGTERM, 1), (signal.SIGKILL, 2)],
+    ids=["SIGKILL-1-worker", "SIGTERM-1-worker", "SIGKILL-2-workers"],
+)
+def test_killed_run_resumes_to_the_same_weights(
+    kill_signal, workers, tmp_path, cache_dir, uninterrupted
+):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
-    process = start_run(run_dir, cache_dir)
+    process = start_run(run_dir, cache_dir, [f"data.num_workers={workers}"])
     wait_for_checkpoint(last, process)
     process.send_signal(kill_signal)
     output, _ = process.communicate(timeout=120)
@@ -101,10 +115,11 @@ def test_killed_run_resumes_to_the_same_weights(kill_signal, tmp_path, cache_dir
         assert f"SIGTERM at step {step}: saved" in output, output[-2000:]
     torch.load(last, weights_only=False)  # a kill never leaves a corrupt last.ckpt
 
-    resumed = train(compose_train(run_dir, cache_dir, [*RESUMABLE, f"ckpt_path={last}"]))
+    overrides = [*RESUMABLE, f"data.num_workers={workers}", f"ckpt_path={last}"]
+    resumed = train(compose_train(run_dir, cache_dir, overrides))
     assert resumed["steps"] == 24
     assert resumed["examples_seen"] == 24 * 4
-    assert_same_weights(weights(last), uninterrupted)
+    assert_same_weights(weights(last), uninterrupted(workers))
 
 
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
