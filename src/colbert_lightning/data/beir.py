@@ -126,6 +126,17 @@ def _string_field(record: dict, key: str, path: Path, line_number: int) -> str:
     return value
 
 
+def _check_first(record_id: str, first_seen: dict[str, int], path: Path, line_number: int) -> None:
+    """Record where ``record_id`` first appears; a second appearance is an error."""
+    if record_id in first_seen:
+        raise DataFormatError(
+            str(path),
+            line_number,
+            f"duplicate id {record_id!r} (first on line {first_seen[record_id]})",
+        )
+    first_seen[record_id] = line_number
+
+
 def load_corpus(path: str | Path) -> Corpus:
     """Read a BEIR ``corpus.jsonl[.gz]`` (records ``{"_id", "title", "text"}``).
 
@@ -143,13 +154,7 @@ def load_corpus(path: str | Path) -> Corpus:
         doc_id = _string_field(record, "_id", path, line_number)
         text = _string_field(record, "text", path, line_number)
         title = _string_field(record, "title", path, line_number) if "title" in record else ""
-        if doc_id in first_seen:
-            raise DataFormatError(
-                str(path),
-                line_number,
-                f"duplicate id {doc_id!r} (first on line {first_seen[doc_id]})",
-            )
-        first_seen[doc_id] = line_number
+        _check_first(doc_id, first_seen, path, line_number)
         ids.append(doc_id)
         texts.append(f"{title} {text}" if title.strip() else text)
     return Corpus(ids=ids, texts=texts, path=str(path))
@@ -167,13 +172,7 @@ def load_queries(path: str | Path) -> dict[str, str]:
     for line_number, record in _read_json_lines(path):
         query_id = _string_field(record, "_id", path, line_number)
         text = _string_field(record, "text", path, line_number)
-        if query_id in first_seen:
-            raise DataFormatError(
-                str(path),
-                line_number,
-                f"duplicate id {query_id!r} (first on line {first_seen[query_id]})",
-            )
-        first_seen[query_id] = line_number
+        _check_first(query_id, first_seen, path, line_number)
         queries[query_id] = text
     return queries
 

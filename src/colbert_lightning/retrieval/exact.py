@@ -133,9 +133,8 @@ def exact_search(
         tokens = encoder.tokenizer.documents([corpus_texts[row] for row in rows]).to(device)
         encoded = encoder.encode_documents(tokens)
         rows_tensor = torch.tensor(rows, dtype=torch.long, device=device)
-        chunks.append(
-            (encoded.embeddings, encoded.mask, rows_tensor)
-        )  # (D, Ld, dim), (D, Ld), (D,)
+        # (D, Ld, dim), (D, Ld), (D,)
+        chunks.append((encoded.embeddings, encoded.mask, rows_tensor))
 
     all_scores, all_indices = [], []
     for start in range(0, len(queries), batch_size):
