@@ -190,6 +190,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, cache_d
             "data.train.path=/nonexistent/triples.jsonl: no such file",
         ),
         ("data.prepare.root=/nonexistent", "data.prepare.root=/nonexistent: no such folder"),
+        ("data.root=/nonexistent", "data.root=/nonexistent: no such folder"),
         ("data.nway=1", "data.nway must be an integer >= 2"),
         ("data.batch_size=abc", "data.batch_size must be a positive integer"),
         ("model.query_maxlen=0", "model.query_maxlen"),

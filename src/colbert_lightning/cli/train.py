@@ -17,8 +17,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.cli.validate import check_config
-from colbert_lightning.modeling import ColBERT
+from colbert_lightning.cli.validate import ConfigError, check_config
+from colbert_lightning.modeling import ColBERT, ColBERTConfig
 from colbert_lightning.training import AtomicCheckpointIO, RetrievalEvaluation
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     # Data first: a wrong path or value fails before any model weight is built or loaded.
     datamodule = instantiate(cfg.data)
-    model = ColBERT.from_config(instantiate(cfg.model))
+    model_config = instantiate(cfg.model)
+    if not isinstance(model_config, ColBERTConfig):
+        raise ConfigError(f"model={type(model_config).__name__} is not a trainable ColBERT")
+    model = ColBERT.from_config(model_config)
     datamodule.tokenizer = model.tokenizer
     module = instantiate(cfg.module, model=model)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]

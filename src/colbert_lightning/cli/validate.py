@@ -48,6 +48,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_data_paths(data: DictConfig) -> None:
+    root = data.get("root")
+    if root and not Path(root).is_dir():
+        raise ConfigError(f"data.root={root}: no such folder (a BEIR-layout folder)")
     prepare = data.get("prepare")
     produced_under = Path(prepare.output_dir).resolve() if prepare else None
     if prepare:

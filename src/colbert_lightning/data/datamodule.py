@@ -91,6 +91,8 @@ class ColBERTDataModule(pl.LightningDataModule):
     Args:
         train: the training file(s).
         dev: the dev set files, or None for no evaluation.
+        root: the BEIR folder the data comes from, if any; ``prepare`` and
+            ``python -m colbert_lightning.evaluate`` read it (the other splits' qrels).
         prepare: build the training triples and dev split first (cached), or None.
         tokenizer: the model's ColBERT tokeniser (injected by the training script).
         batch_size: queries per batch, per process.
@@ -105,6 +107,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         self,
         train: TrainFiles,
         dev: DevFiles | None = None,
+        root: str | None = None,
         prepare: PrepareSpec | None = None,
         tokenizer: ColBERTTokenizer | None = None,
         batch_size: int = 32,
@@ -127,6 +130,7 @@ class ColBERTDataModule(pl.LightningDataModule):
             raise ValueError(f"data.on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
         self.train_files = train
         self.dev_files = dev
+        self.root = root
         self.prepare_spec = prepare
         self.tokenizer = tokenizer
         self.batch_size = batch_size

@@ -9,6 +9,7 @@ stopword list came closer than none on three of the four figures.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import bm25s
@@ -23,6 +24,19 @@ STOPWORDS = "en"
 
 Ranking = list[tuple[str, float]]
 """Document ids with their scores, best first."""
+
+
+@dataclass(frozen=True)
+class BM25Config:
+    """The BM25 baseline as a ``model/`` option (``model=bm25``) of ``evaluate``.
+
+    Attributes:
+        k1: term-frequency saturation.
+        b: length normalisation.
+    """
+
+    k1: float = 0.9
+    b: float = 0.4
 
 
 class BM25Retriever:

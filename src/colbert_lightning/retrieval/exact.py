@@ -238,3 +238,45 @@ def rerank(
             order = sorted(range(len(ranked_ids)), key=lambda i: -scores[i])
             rankings[query_id] = [(ranked_ids[i], scores[i]) for i in order]
     return rankings
+
+
+def exact_rankings(
+    encoder: Encoder,
+    corpus_ids: Sequence[str],
+    corpus_texts: list[str],
+    queries: dict[str, str],
+    k: int = 100,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    show_progress: bool = True,
+) -> dict[str, list[tuple[str, float]]]:
+    """:func:`exact_search` with ids: query id -> ``[(doc_id, score), ...]``, best first.
+
+    Args:
+        encoder: the model (in eval mode; the caller's job).
+        corpus_ids: document ids, aligned with ``corpus_texts``.
+        corpus_texts: document texts.
+        queries: query id -> text.
+        k: documents kept per query.
+        batch_size: texts per encoder call.
+        device: where to run; defaults to the encoder's device.
+        show_progress: show a bar while encoding the corpus.
+    """
+    query_ids = list(queries)
+    scores, indices = exact_search(
+        encoder,
+        corpus_texts,
+        [queries[query_id] for query_id in query_ids],
+        k=k,
+        batch_size=batch_size,
+        device=device,
+        show_progress=show_progress,
+    )
+    return {
+        query_id: [
+            (corpus_ids[index], score) for index, score in zip(row_indices, row_scores, strict=True)
+        ]
+        for query_id, row_indices, row_scores in zip(
+            query_ids, indices.tolist(), scores.tolist(), strict=True
+        )
+    }

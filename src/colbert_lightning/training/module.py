@@ -19,7 +19,7 @@ from colbert_lightning.data.types import TrainingBatch
 from colbert_lightning.losses import in_batch_cross_entropy, nway_cross_entropy
 from colbert_lightning.metrics.retrieval import RetrievalMetrics
 from colbert_lightning.modeling import ColBERT
-from colbert_lightning.retrieval.exact import exact_search, rerank
+from colbert_lightning.retrieval.exact import exact_rankings, rerank
 from colbert_lightning.scoring import maxsim, maxsim_grouped
 
 log = logging.getLogger(__name__)
@@ -168,24 +168,18 @@ class ColBERTModule(pl.LightningModule):
         Returns:
             ``{"mrr@10": ..., "recall@10": ..., "recall@100": ..., "ndcg@10": ...}``.
         """
-        query_ids = list(dev_set.queries)
-        query_texts = [dev_set.queries[query_id] for query_id in query_ids]
         was_training = self.model.training
         self.model.eval()
         try:
             if mode == "exact":
-                scores, indices = exact_search(
-                    self.model, dev_set.corpus_texts, query_texts, k=k, batch_size=batch_size
+                rankings = exact_rankings(
+                    self.model,
+                    dev_set.corpus_ids,
+                    dev_set.corpus_texts,
+                    dev_set.queries,
+                    k=k,
+                    batch_size=batch_size,
                 )
-                rankings = {
-                    query_id: [
-                        (dev_set.corpus_ids[index], score)
-                        for index, score in zip(row_indices, row_scores, strict=True)
-                    ]
-                    for query_id, row_indices, row_scores in zip(
-                        query_ids, indices.tolist(), scores.tolist(), strict=True
-                    )
-                }
             elif mode == "rerank":
                 if dev_set.candidates is None:
                     raise ValueError("evaluation mode 'rerank' needs data.dev.candidates")

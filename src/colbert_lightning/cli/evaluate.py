@@ -1,0 +1,96 @@
+"""`python -m colbert_lightning.evaluate`: metrics of a checkpoint, or of BM25, on a BEIR split."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.data.beir import (
+    find_beir_file,
+    load_corpus,
+    load_qrels,
+    load_queries,
+    qrels_path,
+)
+from colbert_lightning.metrics.retrieval import evaluate_rankings
+from colbert_lightning.modeling import ColBERT
+from colbert_lightning.retrieval.bm25 import BM25Config, BM25Retriever
+from colbert_lightning.retrieval.exact import exact_rankings
+
+log = logging.getLogger(__name__)
+METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint`` (exact MaxSim over the whole corpus) or BM25 on a split.
+
+    Both go through the same corpus loading, query selection and metric code.
+
+    Returns:
+        What is written to ``cfg.output``: the metrics and what was evaluated.
+    """
+    baseline = instantiate(cfg.model) if cfg.get("model") is not None else None
+    if baseline is not None and not isinstance(baseline, BM25Config):
+        raise ConfigError(f"model={type(baseline).__name__}: evaluate takes model=bm25 or none")
+    if baseline is None and not (cfg.checkpoint and Path(cfg.checkpoint).is_file()):
+        raise ConfigError(f"checkpoint={cfg.checkpoint}: evaluating a ColBERT needs its .ckpt")
+    root = cfg.data.get("root")
+    if not root or not Path(root).is_dir():
+        raise ConfigError(f"data.root={root}: no such BEIR folder")
+    corpus = load_corpus(find_beir_file(root, "corpus"))
+    all_queries = load_queries(find_beir_file(root, "queries"))
+    qrels = load_qrels(qrels_path(root, cfg.split), set(all_queries), set(corpus.ids))
+    queries = {query_id: all_queries[query_id] for query_id in qrels}
+    if baseline is not None:
+        rankings = BM25Retriever(corpus, k1=baseline.k1, b=baseline.b).search(queries, k=cfg.k)
+    else:
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = ColBERT.from_checkpoint(cfg.checkpoint).eval().to(device)
+        with torch.inference_mode():
+            rankings = exact_rankings(
+                model, corpus.ids, corpus.texts, queries, k=cfg.k, batch_size=cfg.batch_size
+            )
+    metrics = evaluate_rankings(rankings, qrels)
+    result = {
+        "model": "bm25" if baseline is not None else "colbert",
+        "checkpoint": cfg.checkpoint,
+        "root": str(root),
+        "split": cfg.split,
+        "queries": len(queries),
+        "documents": len(corpus),
+        "metrics": metrics,
+    }
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("%s", one_line_table(result))
+    log.info("written: %s", output)
+    return result
+
+
+def one_line_table(result: dict[str, Any]) -> str:
+    """``| model | split | nDCG@10 | MRR@10 | R@10 | R@100 |`` header and one row."""
+    header = "| model | split | queries | " + " | ".join(METRICS) + " |"
+    cells = " | ".join(f"{result['metrics'][name]:.4f}" for name in METRICS)
+    row = f"| {result['model']} | {result['split']} | {result['queries']} | {cells} |"
+    return f"{header}\n{row}"
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point."""
+    register_resolvers()
+    _hydra_main()

@@ -1,0 +1,55 @@
+"""`evaluate`: one code path for a trained checkpoint and for BM25 on a BEIR split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from colbert_lightning.cli.evaluate import evaluate
+from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.cli.train import train
+from colbert_lightning.cli.validate import ConfigError
+from tests.helpers import REPO, TINY_OVERRIDES, compose_train
+
+
+def compose_evaluate(tmp_path, overrides):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "evaluate",
+            overrides=[f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", *overrides],
+        )
+
+
+def test_bm25_on_cranfield_matches_the_reference_figures(tmp_path):
+    result = evaluate(compose_evaluate(tmp_path, ["model=bm25", "split=test"]))
+    assert result["queries"] == 225 and result["documents"] == 1400
+    # shared/data/README.md: BM25 (k1=0.9, b=0.4) nDCG@10 0.324, R@100 0.691 on Cranfield
+    assert result["metrics"]["ndcg@10"] == pytest.approx(0.324, abs=0.01)
+    assert result["metrics"]["recall@100"] == pytest.approx(0.691, abs=0.01)
+    assert json.loads((tmp_path / "metrics_test.json").read_text()) == result
+
+
+def test_trained_checkpoint_is_evaluated_with_exact_search(tmp_path):
+    overrides = [*TINY_OVERRIDES, "trainer.max_steps=3", "data.num_workers=0", "data.batch_size=4"]
+    train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = evaluate(compose_evaluate(tmp_path / "eval", [f"checkpoint={checkpoint}"]))
+    assert result["model"] == "colbert" and result["queries"] == 225
+    assert set(result["metrics"]) == {"mrr@10", "recall@10", "recall@100", "ndcg@10"}
+    assert all(0.0 < value <= 1.0 for value in result["metrics"].values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["checkpoint=/nonexistent.ckpt"], "evaluating a ColBERT needs its .ckpt"),
+        (["model=tiny"], "evaluate takes model=bm25 or none"),
+        (["model=bm25", "data.root=/nonexistent"], "no such BEIR folder"),
+    ],
+)
+def test_bad_evaluate_arguments_are_clear(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        evaluate(compose_evaluate(tmp_path, overrides))
