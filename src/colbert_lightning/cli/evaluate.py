@@ -78,7 +78,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def one_line_table(result: dict[str, Any]) -> str:
-    """``| model | split | nDCG@10 | MRR@10 | R@10 | R@100 |`` header and one row."""
+    """A markdown header and one row: model, split, queries and the four metrics."""
     header = "| model | split | queries | " + " | ".join(METRICS) + " |"
     cells = " | ".join(f"{result['metrics'][name]:.4f}" for name in METRICS)
     row = f"| {result['model']} | {result['split']} | {result['queries']} | {cells} |"
