@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -126,15 +126,15 @@ def _string_field(record: dict, key: str, path: Path, line_number: int) -> str:
     return value
 
 
-def _check_first(record_id: str, first_seen: dict[str, int], path: Path, line_number: int) -> None:
-    """Record where ``record_id`` first appears; a second appearance is an error."""
-    if record_id in first_seen:
+def _check_first(
+    key: Hashable, first_seen: dict, path: Path, line_number: int, repeated: str
+) -> None:
+    """Record where ``key`` first appears; a second appearance is an error saying ``repeated``."""
+    if key in first_seen:
         raise DataFormatError(
-            str(path),
-            line_number,
-            f"duplicate id {record_id!r} (first on line {first_seen[record_id]})",
+            str(path), line_number, f"{repeated} (first on line {first_seen[key]})"
         )
-    first_seen[record_id] = line_number
+    first_seen[key] = line_number
 
 
 def load_corpus(path: str | Path) -> Corpus:
@@ -154,7 +154,7 @@ def load_corpus(path: str | Path) -> Corpus:
         doc_id = _string_field(record, "_id", path, line_number)
         text = _string_field(record, "text", path, line_number)
         title = _string_field(record, "title", path, line_number) if "title" in record else ""
-        _check_first(doc_id, first_seen, path, line_number)
+        _check_first(doc_id, first_seen, path, line_number, f"duplicate id {doc_id!r}")
         ids.append(doc_id)
         texts.append(f"{title} {text}" if title.strip() else text)
     return Corpus(ids=ids, texts=texts, path=str(path))
@@ -172,7 +172,7 @@ def load_queries(path: str | Path) -> dict[str, str]:
     for line_number, record in _read_json_lines(path):
         query_id = _string_field(record, "_id", path, line_number)
         text = _string_field(record, "text", path, line_number)
-        _check_first(query_id, first_seen, path, line_number)
+        _check_first(query_id, first_seen, path, line_number, f"duplicate id {query_id!r}")
         queries[query_id] = text
     return queries
 
@@ -234,14 +234,8 @@ def load_qrels(
             raise DataFormatError(str(path), line_number, f"unknown query id {query_id!r}")
         if doc_ids is not None and doc_id not in doc_ids:
             raise DataFormatError(str(path), line_number, f"unknown corpus id {doc_id!r}")
-        pair = (query_id, doc_id)
-        if pair in first_seen:
-            raise DataFormatError(
-                str(path),
-                line_number,
-                f"pair ({query_id!r}, {doc_id!r}) judged twice (first on line {first_seen[pair]})",
-            )
-        first_seen[pair] = line_number
+        repeated = f"pair ({query_id!r}, {doc_id!r}) judged twice"
+        _check_first((query_id, doc_id), first_seen, path, line_number, repeated)
         qrels.setdefault(query_id, {})[doc_id] = score
     return qrels
 

@@ -76,6 +76,31 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
 
+def _encode_documents_by_length(
+    encoder: Encoder,
+    texts: list[str],
+    batch_size: int,
+    device: torch.device,
+    show_progress: bool,
+    description: str,
+) -> Iterator[tuple[list[int], EncodedTokens]]:
+    """Encode ``texts`` in batches of similar length (less padding), with a progress bar.
+
+    Yields:
+        The positions in ``texts`` of one batch, and their encoding.
+    """
+    by_length = sorted(range(len(texts)), key=lambda position: len(texts[position]))
+    for rows in tqdm(
+        list(_batches(by_length, batch_size)),
+        desc=description,
+        unit="batch",
+        disable=not show_progress,
+        leave=False,  # during training it would interleave with the trainer's bar
+    ):
+        tokens = encoder.tokenizer.documents([texts[row] for row in rows]).to(device)
+        yield rows, encoder.encode_documents(tokens)
+
+
 def _encode_queries(
     encoder: Encoder, queries: list[str], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,17 +146,10 @@ def exact_search(
     similarity = encoder.config.similarity
     k = min(k, len(corpus_texts))
 
-    by_length = sorted(range(len(corpus_texts)), key=lambda row: len(corpus_texts[row]))
     chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for rows in tqdm(
-        list(_batches(by_length, batch_size)),
-        desc="encoding corpus",
-        unit="batch",
-        disable=not show_progress,
-        leave=False,  # during training it would interleave with the trainer's bar
+    for rows, encoded in _encode_documents_by_length(
+        encoder, corpus_texts, batch_size, device, show_progress, "encoding corpus"
     ):
-        tokens = encoder.tokenizer.documents([corpus_texts[row] for row in rows]).to(device)
-        encoded = encoder.encode_documents(tokens)
         rows_tensor = torch.tensor(rows, dtype=torch.long, device=device)
         # (D, Ld, dim), (D, Ld), (D,)
         chunks.append((encoded.embeddings, encoded.mask, rows_tensor))
@@ -198,21 +216,15 @@ def rerank(
     if missing_docs:
         raise KeyError(f"candidates name documents with no text: {missing_docs[:5]}")
 
-    doc_ids.sort(key=lambda doc_id: len(documents[doc_id]))
     embedding_of: dict[str, torch.Tensor] = {}  # (Ld_batch, dim); padding is masked
     mask_of: dict[str, torch.Tensor] = {}  # (Ld_batch,)
-    for batch in tqdm(
-        list(_batches(doc_ids, batch_size)),
-        desc="encoding candidates",
-        unit="batch",
-        disable=not show_progress,
-        leave=False,  # during training it would interleave with the trainer's bar
+    texts = [documents[doc_id] for doc_id in doc_ids]
+    for rows, encoded in _encode_documents_by_length(
+        encoder, texts, batch_size, device, show_progress, "encoding candidates"
     ):
-        tokens = encoder.tokenizer.documents([documents[doc_id] for doc_id in batch]).to(device)
-        encoded = encoder.encode_documents(tokens)
-        for row, doc_id in enumerate(batch):
-            embedding_of[doc_id] = encoded.embeddings[row]
-            mask_of[doc_id] = encoded.mask[row].bool()
+        for row, position in enumerate(rows):
+            embedding_of[doc_ids[position]] = encoded.embeddings[row]
+            mask_of[doc_ids[position]] = encoded.mask[row].bool()
 
     rankings: dict[str, list[tuple[str, float]]] = {}
     query_ids = list(candidates)
