@@ -24,6 +24,7 @@ GROUPS = [
     "experiment",
     "hparams_search",
     "debug",
+    "variant",
 ]
 # trainer=slurm reads its sizes from the SLURM launcher: tests/test_sweeps.py composes the pair.
 # model=bm25 is an evaluation baseline: tests/test_evaluate.py uses it.
@@ -68,6 +69,16 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         assert trainer.fast_dev_run == 1
     else:
         assert trainer.max_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize("option", ["minilm", "bert_base", "bert_base_random"])
+def test_named_encoders_keep_their_own_sizes(option, tmp_path):
+    # these configs inherit tiny's ColBERT settings, but not its encoder sizes
+    config = instantiate(compose_train(tmp_path, tmp_path, [f"model={option}"]).model)
+    assert config.encoder_config == {}
+    dropout = ["+model.encoder_config.hidden_dropout_prob=0.2"]
+    config = instantiate(compose_train(tmp_path, tmp_path, [f"model={option}", *dropout]).model)
+    assert config.encoder_config == {"hidden_dropout_prob": 0.2}
 
 
 def test_prepare_config_composes(tmp_path):

@@ -53,3 +53,28 @@ def test_trained_checkpoint_is_evaluated_with_exact_search(tmp_path):
 def test_bad_evaluate_arguments_are_clear(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         evaluate(compose_evaluate(tmp_path, overrides))
+
+
+def test_train_evaluates_its_best_checkpoint_on_the_test_split(tmp_path):
+    overrides = [
+        *TINY_OVERRIDES,
+        "trainer.max_steps=4",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "callbacks.evaluation.schedule.first=2",
+        "test_split=test",
+    ]
+    results = train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
+    test = results["test"]
+    assert test["split"] == "test" and test["queries"] == 225
+    assert test["checkpoint"] == results["best_checkpoint"]
+    # the same figures as the evaluate command on that checkpoint
+    alone = evaluate(compose_evaluate(tmp_path / "eval", [f"checkpoint={test['checkpoint']}"]))
+    assert test["metrics"] == alone["metrics"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test"] == test
+
+
+def test_test_split_without_qrels_fails_before_training(tmp_path):
+    overrides = [*TINY_OVERRIDES, "test_split=validation"]
+    with pytest.raises(ConfigError, match="test_split=validation: .*validation"):
+        train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))

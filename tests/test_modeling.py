@@ -111,6 +111,8 @@ def test_init_pretrained_loads_every_encoder_weight():
     with safe_open(f"{path}/model.safetensors", "pt") as weights:
         expected = weights.get_tensor("encoder.layer.0.attention.self.query.weight")
     assert torch.equal(model.encoder.encoder.layer[0].attention.self.query.weight, expected)
+    # from_pretrained hands back an encoder in eval mode; training must see dropout
+    assert all(module.training for module in model.modules())
 
 
 def test_metadata_round_trip_gives_identical_scores(tiny_model):

@@ -162,6 +162,18 @@ def test_a_single_run_folder_is_a_sweep_of_one_job(fake_sweep: Path) -> None:
     assert summary_rows(sweep)[0]["best_ndcg@10"] == 0.50
 
 
+def test_test_split_metrics_become_columns(fake_sweep: Path) -> None:
+    assert "test_ndcg@10" not in summary_rows(load_sweep(fake_sweep))[0]
+    results_path = fake_sweep / "0" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["test"] = {"split": "test", "metrics": {"ndcg@10": 0.61, "recall@100": 0.9}}
+    results_path.write_text(json.dumps(results))
+
+    rows = {row["job"]: row for row in summary_rows(load_sweep(fake_sweep))}
+    assert (rows["0"]["test_ndcg@10"], rows["0"]["test_recall@100"]) == (0.61, 0.9)
+    assert rows["1"]["test_ndcg@10"] is None  # a job without a test evaluation
+
+
 def test_summary_rows_values_order_and_varying_overrides(fake_sweep: Path) -> None:
     rows = summary_rows(load_sweep(fake_sweep))
 

@@ -55,6 +55,8 @@ METRIC_COLUMNS = (
     "examples_seen",
     "wall_time_s",
 )
+# Columns added when a job evaluated its best checkpoint on a held-out split (test_split=...).
+TEST_COLUMNS = ("test_ndcg@10", "test_recall@100")
 JOB_COLUMN = "job"
 
 
@@ -289,7 +291,7 @@ def varying_overrides(jobs: Sequence[Job]) -> dict[str, str]:
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
     varying = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
     last_components = [key.rsplit(".", 1)[-1] for key in varying]
-    reserved = {JOB_COLUMN, *METRIC_COLUMNS}
+    reserved = {JOB_COLUMN, *METRIC_COLUMNS, *TEST_COLUMNS}
     return {
         key: short
         if last_components.count(short) == 1 and short not in reserved and short != key
@@ -320,7 +322,8 @@ def summary_rows(sweep: Sweep) -> list[dict[str, Any]]:
     Columns: ``job``, one per varying override (see :func:`varying_overrides`; None where a job
     does not set it), then :data:`METRIC_COLUMNS`: the best dev nDCG@10 and its step, the final
     dev nDCG@10 / MRR@10 / Recall@100, the step-0 nDCG@10, steps, examples seen and wall time in
-    seconds. Metrics of a job that never validated are None.
+    seconds; then, when any job evaluated its best checkpoint on a held-out split (``test_split``),
+    :data:`TEST_COLUMNS`. Metrics of a job that never validated are None.
 
     Args:
         sweep: The sweep.
@@ -329,6 +332,7 @@ def summary_rows(sweep: Sweep) -> list[dict[str, Any]]:
         The rows, best dev nDCG@10 first (jobs without one last, in folder order).
     """
     varying = varying_overrides(sweep.jobs)
+    with_test = any(job.results.get("test") for job in sweep.jobs)
     rows = []
     for job in sweep.jobs:
         row: dict[str, Any] = {JOB_COLUMN: job.name}
@@ -346,6 +350,9 @@ def summary_rows(sweep: Sweep) -> list[dict[str, Any]]:
                 "wall_time_s": job.results.get("wall_time_s"),
             }
         )
+        if with_test:
+            test_metrics = (job.results.get("test") or {}).get("metrics", {})
+            row.update({column: test_metrics.get(column[5:]) for column in TEST_COLUMNS})
         rows.append(row)
     # sorted() is stable, so ties keep folder order.
     return sorted(

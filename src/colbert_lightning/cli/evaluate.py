@@ -33,8 +33,6 @@ METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` (exact MaxSim over the whole corpus) or BM25 on a split.
 
-    Both go through the same corpus loading, query selection and metric code.
-
     Returns:
         What is written to ``cfg.output``: the metrics and what was evaluated.
     """
@@ -43,38 +41,58 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"model={type(baseline).__name__}: evaluate takes model=bm25 or none")
     if baseline is None and not (cfg.checkpoint and Path(cfg.checkpoint).is_file()):
         raise ConfigError(f"checkpoint={cfg.checkpoint}: evaluating a ColBERT needs its .ckpt")
-    root = cfg.data.get("root")
-    if not root or not Path(root).is_dir():
-        raise ConfigError(f"data.root={root}: no such BEIR folder")
-    corpus = load_corpus(find_beir_file(root, "corpus"))
-    all_queries = load_queries(find_beir_file(root, "queries"))
-    qrels = load_qrels(qrels_path(root, cfg.split), set(all_queries), set(corpus.ids))
-    queries = {query_id: all_queries[query_id] for query_id in qrels}
-    if baseline is not None:
-        rankings = BM25Retriever(corpus, k1=baseline.k1, b=baseline.b).search(queries, k=cfg.k)
-    else:
-        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = ColBERT.from_checkpoint(cfg.checkpoint).eval().to(device)
-        with torch.inference_mode():
-            rankings = exact_rankings(
-                model, corpus.ids, corpus.texts, queries, k=cfg.k, batch_size=cfg.batch_size
-            )
-    metrics = evaluate_rankings(rankings, qrels)
-    result = {
-        "model": "bm25" if baseline is not None else "colbert",
-        "checkpoint": cfg.checkpoint,
-        "root": str(root),
-        "split": cfg.split,
-        "queries": len(queries),
-        "documents": len(corpus),
-        "metrics": metrics,
-    }
+    result = evaluate_split(
+        baseline or cfg.checkpoint,
+        cfg.data.get("root"),
+        cfg.split,
+        k=cfg.k,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+    )
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     log.info("%s", one_line_table(result))
     log.info("written: %s", output)
     return result
+
+
+def evaluate_split(
+    model: str | BM25Config,
+    root: str | None,
+    split: str,
+    k: int = 100,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of a checkpoint (its path) or of BM25 on the ``split`` qrels of a BEIR folder.
+
+    Both go through the same corpus loading, query selection and metric code.
+    """
+    if not root or not Path(root).is_dir():
+        raise ConfigError(f"data.root={root}: no such BEIR folder")
+    corpus = load_corpus(find_beir_file(root, "corpus"))
+    all_queries = load_queries(find_beir_file(root, "queries"))
+    qrels = load_qrels(qrels_path(root, split), set(all_queries), set(corpus.ids))
+    queries = {query_id: all_queries[query_id] for query_id in qrels}
+    if isinstance(model, BM25Config):
+        rankings = BM25Retriever(corpus, k1=model.k1, b=model.b).search(queries, k=k)
+    else:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        colbert = ColBERT.from_checkpoint(model).eval().to(device)
+        with torch.inference_mode():
+            rankings = exact_rankings(
+                colbert, corpus.ids, corpus.texts, queries, k=k, batch_size=batch_size
+            )
+    return {
+        "model": "bm25" if isinstance(model, BM25Config) else "colbert",
+        "checkpoint": None if isinstance(model, BM25Config) else str(model),
+        "root": str(root),
+        "split": split,
+        "queries": len(queries),
+        "documents": len(corpus),
+        "metrics": evaluate_rankings(rankings, qrels),
+    }
 
 
 def one_line_table(result: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from colbert_lightning.cli.evaluate import evaluate_split, one_line_table
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.cli.validate import ConfigError, check_config
 from colbert_lightning.modeling import ColBERT, ColBERTConfig
@@ -76,6 +77,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "config": resolved,
     }
     _finish_wandb_runs(trainer)
+    if cfg.get("test_split") and trainer.is_global_zero:
+        results["test"] = _evaluate_on_test(cfg, results["best_checkpoint"], checkpoint_dir)
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +94,16 @@ def _finish_wandb_runs(trainer: pl.Trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish()
+
+
+def _evaluate_on_test(cfg: DictConfig, best: str | None, checkpoint_dir: Path) -> dict[str, Any]:
+    """The best checkpoint (by dev nDCG@10; else the last) on ``cfg.test_split`` of data.root."""
+    checkpoint = best or str(checkpoint_dir / "last.ckpt")
+    log.info("evaluating %s on the %s split of %s", checkpoint, cfg.test_split, cfg.data.root)
+    batch_size = cfg.callbacks.get("evaluation", {}).get("batch_size", 64)
+    result = evaluate_split(checkpoint, cfg.data.root, cfg.test_split, batch_size=batch_size)
+    log.info("%s", one_line_table(result))
+    return result
 
 
 def _metrics_at(history: list[dict[str, float]], step: int) -> dict[str, float] | None:

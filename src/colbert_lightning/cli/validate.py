@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from colbert_lightning.data.beir import qrels_path
 from colbert_lightning.training.schedules import resolve_warmup_steps
 
 
@@ -38,6 +39,8 @@ def check_config(cfg: DictConfig) -> None:
     if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
         raise ConfigError(f"module.optimizer.lr must be a positive number, got {lr!r}")
     _check_data_paths(cfg.data)
+    if cfg.get("test_split"):
+        _check_test_split(cfg.data.get("root"), cfg.test_split)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     _check_writable("paths.output_dir", Path(cfg.paths.output_dir))
@@ -68,6 +71,15 @@ def _check_data_paths(data: DictConfig) -> None:
             made_by_prepare = produced_under in path.resolve().parents if produced_under else False
             if not path.exists() and not made_by_prepare:
                 raise ConfigError(f"{group}.{key}={path}: no such file")
+
+
+def _check_test_split(root: str | None, split: str) -> None:
+    if not root:
+        raise ConfigError(f"test_split={split} needs data.root, the BEIR folder holding qrels/")
+    try:
+        qrels_path(root, split)
+    except FileNotFoundError as error:
+        raise ConfigError(f"test_split={split}: {error}") from None
 
 
 def _check_writable(key: str, folder: Path) -> None:

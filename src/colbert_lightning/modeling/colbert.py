@@ -104,6 +104,8 @@ class ColBERT(nn.Module):
             encoder.resize_token_embeddings(len(hf_tokenizer))
             loaded_names.discard(_input_embedding_name(encoder))
         model = cls(config, encoder, ColBERTTokenizer(hf_tokenizer, config))
+        # from_pretrained returns the encoder in eval mode, which would train it without dropout
+        model.train()
         model.init_summary = _summarise_init(
             model, {f"encoder.{name}" for name in loaded_names}, config.name_or_path
         )
