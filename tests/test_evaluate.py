@@ -72,6 +72,9 @@ def test_train_evaluates_its_best_checkpoint_on_the_test_split(tmp_path):
     alone = evaluate(compose_evaluate(tmp_path / "eval", [f"checkpoint={test['checkpoint']}"]))
     assert test["metrics"] == alone["metrics"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test"] == test
+    # and the untrained model, evaluated before the first step
+    assert results["test_step0"]["checkpoint"] is None
+    assert results["test_step0"]["metrics"] != test["metrics"]
 
 
 def test_test_split_without_qrels_fails_before_training(tmp_path):

@@ -58,16 +58,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate_split(
-    model: str | BM25Config,
+    model: str | ColBERT | BM25Config,
     root: str | None,
     split: str,
     k: int = 100,
     batch_size: int = 64,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a checkpoint (its path) or of BM25 on the ``split`` qrels of a BEIR folder.
+    """Metrics of a checkpoint (its path), a model in memory or BM25 on a BEIR split's qrels.
 
-    Both go through the same corpus loading, query selection and metric code.
+    All go through the same corpus loading, query selection and metric code. A model in memory is
+    evaluated on its own device and left in the train/eval mode it came in.
     """
     if not root or not Path(root).is_dir():
         raise ConfigError(f"data.root={root}: no such BEIR folder")
@@ -78,15 +79,20 @@ def evaluate_split(
     if isinstance(model, BM25Config):
         rankings = BM25Retriever(corpus, k1=model.k1, b=model.b).search(queries, k=k)
     else:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        colbert = ColBERT.from_checkpoint(model).eval().to(device)
+        if isinstance(model, ColBERT):
+            colbert, was_training = model, model.training
+        else:
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            colbert, was_training = ColBERT.from_checkpoint(model).to(device), False
+        colbert.eval()
         with torch.inference_mode():
             rankings = exact_rankings(
                 colbert, corpus.ids, corpus.texts, queries, k=k, batch_size=batch_size
             )
+        colbert.train(was_training)
     return {
         "model": "bm25" if isinstance(model, BM25Config) else "colbert",
-        "checkpoint": None if isinstance(model, BM25Config) else str(model),
+        "checkpoint": model if isinstance(model, str) else None,
         "root": str(root),
         "split": split,
         "queries": len(queries),

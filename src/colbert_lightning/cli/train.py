@@ -51,6 +51,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": resolved, "git_commit": commit})
 
+    test_at_start = None
+    if cfg.get("test_split") and not cfg.get("ckpt_path") and trainer.is_global_zero:
+        test_at_start = _evaluate_on_test(cfg, model)
+
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
@@ -78,7 +82,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     _finish_wandb_runs(trainer)
     if cfg.get("test_split") and trainer.is_global_zero:
-        results["test"] = _evaluate_on_test(cfg, results["best_checkpoint"], checkpoint_dir)
+        results["test_step0"] = test_at_start
+        results["test"] = _evaluate_on_test(
+            cfg, results["best_checkpoint"] or str(checkpoint_dir / "last.ckpt")
+        )
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -96,12 +103,16 @@ def _finish_wandb_runs(trainer: pl.Trainer) -> None:
             logger.experiment.finish()
 
 
-def _evaluate_on_test(cfg: DictConfig, best: str | None, checkpoint_dir: Path) -> dict[str, Any]:
-    """The best checkpoint (by dev nDCG@10; else the last) on ``cfg.test_split`` of data.root."""
-    checkpoint = best or str(checkpoint_dir / "last.ckpt")
-    log.info("evaluating %s on the %s split of %s", checkpoint, cfg.test_split, cfg.data.root)
+def _evaluate_on_test(cfg: DictConfig, model: ColBERT | str) -> dict[str, Any]:
+    """The model (or a checkpoint's) metrics on the ``cfg.test_split`` qrels of data.root.
+
+    Training evaluates the untrained model (before the first step) and, at the end, the best
+    checkpoint by dev nDCG@10 (else the last): the split is never used to choose anything.
+    """
+    what = model if isinstance(model, str) else "the untrained model"
+    log.info("evaluating %s on the %s split of %s", what, cfg.test_split, cfg.data.root)
     batch_size = cfg.callbacks.get("evaluation", {}).get("batch_size", 64)
-    result = evaluate_split(checkpoint, cfg.data.root, cfg.test_split, batch_size=batch_size)
+    result = evaluate_split(model, cfg.data.root, cfg.test_split, batch_size=batch_size)
     log.info("%s", one_line_table(result))
     return result
 
