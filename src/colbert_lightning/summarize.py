@@ -352,7 +352,9 @@ def summary_rows(sweep: Sweep) -> list[dict[str, Any]]:
         )
         if with_test:
             test_metrics = (job.results.get("test") or {}).get("metrics", {})
-            row.update({column: test_metrics.get(column[5:]) for column in TEST_COLUMNS})
+            row.update(
+                {column: test_metrics.get(column.removeprefix("test_")) for column in TEST_COLUMNS}
+            )
         rows.append(row)
     # sorted() is stable, so ties keep folder order.
     return sorted(
