@@ -39,7 +39,10 @@ lint: $(VENV)/.installed ## Ruff lint and format check
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 
+parity: $(VENV)/.installed ## Export a model; PyLate 1.2.0 and colbert-ai 0.2.22 (own venv) score 20 pairs; import back
+	benchmarks/peers/pylate12/run.sh outputs/parity $(CHECKPOINT)
+
 clean: ## Remove run outputs (outputs/, multirun/, .cache/); keeps .venv
 	rm -rf outputs multirun .cache lightning_logs wandb
 
-.PHONY: help install train test sweep lint clean
+.PHONY: help install train test sweep lint clean parity

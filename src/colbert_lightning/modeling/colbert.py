@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from colbert_lightning.modeling.config import ColBERTConfig
+from colbert_lightning.modeling.interop import read_folder, read_projection
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText, load_tokenizer
 from colbert_lightning.scoring import maxsim
 
@@ -104,11 +105,20 @@ class ColBERT(nn.Module):
             encoder.resize_token_embeddings(len(hf_tokenizer))
             loaded_names.discard(_input_embedding_name(encoder))
         model = cls(config, encoder, ColBERTTokenizer(hf_tokenizer, config))
+        loaded = {f"encoder.{name}" for name in loaded_names}
+        # a colbert-ai / PyLate / exported folder brings its projection: training continues from it
+        projection = read_projection(config.name_or_path) if config.init == "pretrained" else None
+        if projection is not None:
+            if projection.shape != model.linear.weight.shape:
+                raise ValueError(
+                    f"{config.name_or_path} has a {tuple(projection.shape)} projection; "
+                    f"model.dim={config.dim} needs {tuple(model.linear.weight.shape)}"
+                )
+            model.linear.weight.data.copy_(projection)
+            loaded.add("linear.weight")
         # from_pretrained returns the encoder in eval mode, which would train it without dropout
         model.train()
-        model.init_summary = _summarise_init(
-            model, {f"encoder.{name}" for name in loaded_names}, config.name_or_path
-        )
+        model.init_summary = _summarise_init(model, loaded, config.name_or_path)
         log.info("ColBERT init (%s):\n%s", config.init, model.init_summary.table())
         return model
 
@@ -190,6 +200,19 @@ class ColBERT(nn.Module):
         }
         model.load_state_dict(state)
         return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> ColBERT:
+        """Load a training checkpoint (``.ckpt``) or a colbert-ai, PyLate or ``hf`` folder.
+
+        See :mod:`colbert_lightning.modeling.interop` for the folder layouts.
+        """
+        if Path(path).is_file():
+            return cls.from_checkpoint(path, map_location=map_location)
+        contents = read_folder(path)
+        model = cls.from_metadata(contents.metadata)
+        model.load_state_dict(contents.state_dict)
+        return model.to(map_location)
 
 
 def _encoder_config(config: ColBERTConfig, vocab_size: int) -> PretrainedConfig:
