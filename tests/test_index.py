@@ -1,0 +1,191 @@
+"""Index (fp16 token embeddings + faiss IVF) and search (candidates, exact MaxSim rerank)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from colbert_lightning.cli.index import index
+from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.cli.search import search
+from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.data.beir import (
+    find_beir_file,
+    load_corpus,
+    load_qrels,
+    load_queries,
+    write_qrels,
+)
+from colbert_lightning.modeling import ColBERT
+from colbert_lightning.resources import resource_path
+from colbert_lightning.retrieval.exact import exact_rankings
+from colbert_lightning.retrieval.index import Retriever, build_index, rerank
+from tests.conftest import tiny_config
+from tests.helpers import REPO
+
+DOCUMENTS = 150
+
+
+@pytest.fixture(scope="module")
+def model() -> ColBERT:
+    torch.manual_seed(0)
+    return ColBERT.from_config(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """A BEIR folder: the first 150 Cranfield documents and the queries judged on them."""
+    root = resource_path("cranfield")
+    corpus = load_corpus(find_beir_file(root, "corpus"))
+    queries = load_queries(find_beir_file(root, "queries"))
+    ids = set(corpus.ids[:DOCUMENTS])
+    qrels = {
+        query_id: {doc_id: grade for doc_id, grade in grades.items() if doc_id in ids}
+        for query_id, grades in load_qrels(f"{root}/qrels/test.tsv").items()
+    }
+    qrels = {query_id: grades for query_id, grades in qrels.items() if grades}
+    folder = tmp_path_factory.mktemp("beir")
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as output:
+        for doc_id, text in zip(corpus.ids[:DOCUMENTS], corpus.texts[:DOCUMENTS], strict=True):
+            output.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w", encoding="utf-8") as output:
+        for query_id in qrels:
+            output.write(json.dumps({"_id": query_id, "text": queries[query_id]}) + "\n")
+    (folder / "qrels").mkdir()
+    write_qrels(folder / "qrels" / "test.tsv", qrels)
+    return {
+        "root": folder,
+        "ids": corpus.ids[:DOCUMENTS],
+        "texts": corpus.texts[:DOCUMENTS],
+        "queries": {query_id: queries[query_id] for query_id in qrels},
+    }
+
+
+@pytest.fixture(scope="module")
+def built(model, collection, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("index")
+    manifest = build_index(
+        model, collection["ids"], collection["texts"], folder, show_progress=False
+    )
+    return folder, manifest
+
+
+def test_index_stores_exactly_the_scored_token_embeddings_in_fp16(model, collection, built):
+    folder, manifest = built
+    tokens = model.tokenizer.documents(collection["texts"][:5])
+    encoded = model.encode_documents(tokens)
+    retriever = Retriever(folder, model=model)
+    assert manifest["documents"] == DOCUMENTS and manifest["dim"] == 16
+    assert manifest["tokens"] == int(retriever.doc_lengths.sum()) == len(retriever.token_docs)
+    assert manifest["nlist"] * 39 <= manifest["tokens"]
+    for row in range(5):
+        expected = encoded.embeddings[row][encoded.mask[row]]  # scored tokens only
+        start, length = retriever.doc_starts[row], retriever.doc_lengths[row]
+        stored = torch.from_numpy(np.array(retriever.embeddings[start : start + length]))
+        assert stored.dtype == torch.float16 and stored.shape == expected.shape
+        torch.testing.assert_close(stored.float(), expected, atol=1e-3, rtol=0)
+        assert (retriever.token_docs[start : start + length] == row).all()
+
+
+def test_exact_and_index_search_agree_with_exact_search_over_texts(model, collection, built):
+    folder, manifest = built
+    queries = collection["queries"]
+    reference = exact_rankings(
+        model, collection["ids"], collection["texts"], queries, k=DOCUMENTS, show_progress=False
+    )
+    # every list probed, every document reranked: the index path must be exact
+    thorough = Retriever(
+        folder,
+        model=model,
+        nprobe=manifest["nlist"],
+        candidates_per_token=1024,
+        rerank_depth=DOCUMENTS,
+    )
+    exact = thorough.exact_search_batch(list(queries.values()), k=10)
+    found = thorough.search_batch(list(queries.values()), k=10)
+    for query_id, exact_hits, index_hits in zip(queries, exact, found, strict=True):
+        expected = reference[query_id]
+        # fp16 storage moves scores by ~1e-3, which may swap near-ties of this random model:
+        # each hit's score is its fp32 score, and the scores are the fp32 top 10's
+        fp32 = dict(expected)
+        assert [hit.score for hit in exact_hits] == pytest.approx(
+            [fp32[hit.doc_id] for hit in exact_hits], abs=1e-2
+        )
+        assert [hit.score for hit in exact_hits] == pytest.approx(
+            [score for _, score in expected[:10]], abs=1e-2
+        )
+        assert [(h.doc_id, h.score) for h in index_hits] == [
+            (h.doc_id, h.score) for h in exact_hits
+        ]
+        assert [hit.rank for hit in index_hits] == list(range(1, 11))
+    # a shallow search still finds most of the exact top 10
+    shallow = Retriever(folder, model=model, nprobe=4, candidates_per_token=16, rerank_depth=32)
+    overlap = np.mean(
+        [
+            len({h.doc_id for h in a} & {h.doc_id for h in b}) / 10
+            for a, b in zip(shallow.search_batch(list(queries.values()), k=10), exact, strict=True)
+        ]
+    )
+    assert 0.5 < overlap <= 1.0
+    assert thorough.search(next(iter(queries.values())), k=3) == found[0][:3]
+
+
+def test_rerank_needs_no_index_and_orders_by_maxsim(model):
+    documents = ["wings make lift", "a cat sat on the mat", "lift of a wing in a flow", "x"]
+    query = "what produces lift on a wing"
+    ranked = rerank(model, query, documents)
+    scores = model.score_texts([query], documents)[0]
+    assert [item.position for item in ranked] == torch.argsort(scores, descending=True).tolist()
+    assert [item.score for item in ranked] == pytest.approx(sorted(scores.tolist(), reverse=True))
+    assert [item.text for item in ranked] == [documents[item.position] for item in ranked]
+    assert [item.rank for item in rerank(model, query, documents, k=2)] == [1, 2]
+    assert rerank(model, query, []) == []
+
+
+def test_an_index_refuses_another_model_and_incomplete_folders(built, tmp_path):
+    folder, _ = built
+    torch.manual_seed(1)
+    other = ColBERT.from_config(tiny_config()).eval()
+    with pytest.raises(ValueError, match="built by another model"):
+        Retriever(folder, model=other)
+    with pytest.raises(ValueError, match="no complete index"):
+        Retriever(tmp_path, model=other)
+    with pytest.raises(ValueError, match="unique"):
+        build_index(other, ["a", "a"], ["x", "y"], tmp_path, show_progress=False)
+
+
+def _compose(name, overrides):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(name, overrides=[f"paths.root_dir={REPO}", *overrides])
+
+
+@pytest.mark.parametrize("codec", ["flat", "sq8"])
+def test_index_and_search_commands_on_a_beir_folder(model, collection, codec, tmp_path, capsys):
+    checkpoint = tmp_path / "model.ckpt"
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"colbert": model.checkpoint_metadata(), "state_dict": state}, checkpoint)
+    common = [f"paths.output_dir={tmp_path}", f"data.root={collection['root']}"]
+    manifest = index(
+        _compose("index", [*common, f"checkpoint={checkpoint}", f"codec={codec}", "nlist=16"])
+    )
+    assert manifest["codec"] == codec and manifest["nlist"] == 16
+    assert manifest["model"] == str(checkpoint.resolve())
+    # the model comes from the index's manifest
+    result = search(_compose("search", [*common, f"index={tmp_path / 'index'}", "split=test"]))
+    assert result["queries"] == len(collection["queries"])
+    assert 0 < result["metrics"]["ndcg@10"] <= 1 and result["queries_per_second"] > 0
+    assert all(len(ranking) == 100 for ranking in result["rankings"].values())
+    written = json.loads((tmp_path / "search_test.json").read_text())
+    assert written["metrics"] == result["metrics"]
+    one = search(
+        _compose("search", [*common, f"index={tmp_path / 'index'}", "query='lift'", "k=3"])
+    )
+    assert [hit["rank"] for hit in one["results"]] == [1, 2, 3]
+    assert one["results"][0]["doc_id"] in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="one of query=TEXT or split=NAME"):
+        search(_compose("search", [*common, f"index={tmp_path / 'index'}"]))
