@@ -84,6 +84,21 @@ class ColBERTModule(pl.LightningModule):
         """Encode the batch, score it and return the contrastive loss (None: skip the batch)."""
         self.examples_seen += len(batch) * self.trainer.world_size
         self.skipped_lines += batch.skipped_lines
+        loss, own = self.contrastive_loss(batch)
+        if not torch.isfinite(loss):
+            return self._nonfinite(loss)
+        batch_size = len(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/positive_score", own.mean().detach(), batch_size=batch_size)
+        self.log("train/examples_seen", float(self.examples_seen), batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    def contrastive_loss(self, batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and each query's positive score, (B,); no logging, no counters.
+
+        ``training_step`` calls this; ``benchmarks/throughput.py`` times it without a Trainer.
+        """
         queries = self.model.encode_queries(batch.queries)  # (B, Lq, dim)
         documents = self.model.encode_documents(batch.documents)  # (B * nway, Ld, dim)
         batch_size, nway = len(batch), batch.nway
@@ -106,13 +121,7 @@ class ColBERTModule(pl.LightningModule):
             )  # (B, nway)
             loss = nway_cross_entropy(scores)
             own = scores[:, 0]
-        if not torch.isfinite(loss):
-            return self._nonfinite(loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/positive_score", own.mean().detach(), batch_size=batch_size)
-        self.log("train/examples_seen", float(self.examples_seen), batch_size=batch_size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
-        return loss
+        return loss, own
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
         step = self.trainer.global_step
