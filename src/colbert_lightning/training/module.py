@@ -20,7 +20,7 @@ from colbert_lightning.losses import in_batch_cross_entropy, nway_cross_entropy
 from colbert_lightning.metrics.retrieval import RetrievalMetrics
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.retrieval.exact import exact_rankings, rerank
-from colbert_lightning.scoring import maxsim, maxsim_grouped
+from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ class ColBERTModule(pl.LightningModule):
         weight_decay_exclude: parameter-name fragments exempt from weight decay.
         skip_nonfinite: skip a batch whose loss is NaN or infinite (no update; counted)
             instead of stopping the run. Single-process training only.
+        gathered_maxsim: score in-batch negatives with :func:`maxsim_gathered` (the same
+            scores and gradients up to float rounding, a much cheaper backward pass) instead
+            of :func:`maxsim`. Off by default so that recorded runs reproduce bit for bit.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class ColBERTModule(pl.LightningModule):
         gather_across_devices: bool = False,
         weight_decay_exclude: tuple[str, ...] = ("bias", "LayerNorm", "layer_norm"),
         skip_nonfinite: bool = False,
+        gathered_maxsim: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -62,6 +66,7 @@ class ColBERTModule(pl.LightningModule):
         self.gather_across_devices = gather_across_devices
         self.weight_decay_exclude = tuple(weight_decay_exclude)
         self.skip_nonfinite = skip_nonfinite
+        self.gathered_maxsim = gathered_maxsim
         # Counters, saved in checkpoints. Updated inside training_step, because checkpoint
         # callbacks run before the module's own on_train_batch_end.
         self.examples_seen = 0  # across all processes
@@ -107,7 +112,8 @@ class ColBERTModule(pl.LightningModule):
             doc_embeddings, doc_mask, offset = documents.embeddings, documents.mask, 0
             if self.gather_across_devices and self.trainer.world_size > 1:
                 doc_embeddings, doc_mask, offset = gather_documents(doc_embeddings, doc_mask)
-            scores = maxsim(queries.embeddings, queries.mask, doc_embeddings, doc_mask, similarity)
+            score = maxsim_gathered if self.gathered_maxsim else maxsim
+            scores = score(queries.embeddings, queries.mask, doc_embeddings, doc_mask, similarity)
             loss = in_batch_cross_entropy(scores, nway, offset)  # scores: (B, N)
             own = scores[torch.arange(batch_size), offset + torch.arange(batch_size) * nway]
         else:

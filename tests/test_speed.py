@@ -1,0 +1,147 @@
+"""Speed levers change the cost of a step, never its result: each is checked against the plain path.
+
+The CUDA cases run where a GPU is present (``benchmarks/gpu_check.sh`` runs this file there).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from colbert_lightning.data.collate import Collator
+from colbert_lightning.data.types import TrainingExample
+from colbert_lightning.modeling import ColBERT
+from colbert_lightning.scoring import maxsim, maxsim_gathered
+from tests.helpers import TINY_OVERRIDES, compose_train
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ),
+]
+
+
+def embeddings(generator, count, length, dim=16):
+    values = torch.randn(count, length, dim, generator=generator)
+    return torch.nn.functional.normalize(values, dim=-1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("similarity", ["cosine", "l2"])
+def test_gathered_maxsim_same_scores_and_gradients(similarity, device):
+    generator = torch.Generator().manual_seed(0)
+    queries = embeddings(generator, 3, 5).to(device).requires_grad_()
+    documents = embeddings(generator, 6, 9).to(device).requires_grad_()
+    query_mask = (torch.rand(3, 5, generator=generator) > 0.2).to(device)
+    document_mask = torch.rand(6, 9, generator=generator) > 0.4
+    document_mask[:, 0] = True
+    document_mask = document_mask.to(device)
+    weights = torch.randn(3, 6, generator=generator).to(device)
+
+    results = []
+    for score in (maxsim, maxsim_gathered):
+        queries.grad = documents.grad = None
+        scores = score(queries, query_mask, documents, document_mask, similarity)
+        (scores * weights).sum().backward()
+        results.append((scores.detach(), queries.grad.clone(), documents.grad.clone()))
+    for expected, actual in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gathered_maxsim_document_without_scored_tokens_scores_minus_infinity():
+    generator = torch.Generator().manual_seed(1)
+    queries, documents = embeddings(generator, 2, 3), embeddings(generator, 2, 4)
+    query_mask = torch.ones(2, 3, dtype=torch.bool)
+    document_mask = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    expected = maxsim(queries, query_mask, documents, document_mask)
+    actual = maxsim_gathered(queries, query_mask, documents, document_mask)
+    assert torch.isinf(expected[:, 1]).all() and torch.isinf(actual[:, 1]).all()
+    torch.testing.assert_close(actual[:, 0], expected[:, 0])
+
+
+def tiny_module(tmp_path, overrides=()):
+    cfg = compose_train(tmp_path / "out", tmp_path / "cache", [*TINY_OVERRIDES, *overrides])
+    torch.manual_seed(0)
+    model = ColBERT.from_config(instantiate(cfg.model))
+    module = instantiate(cfg.module, model=model)
+    words = "flow wing pressure shock layer heat jet plate mach boundary".split()
+    examples = [
+        TrainingExample(
+            query=" ".join(words[i : i + 3]),
+            positive=" ".join(words[i:] * 2),
+            negatives=(" ".join(words[: i + 2]) + " ,.",),
+        )
+        for i in range(4)
+    ]
+    return module, Collator(model.tokenizer)(examples)
+
+
+def loss_and_gradients(module, batch, device, precision="32"):
+    module.zero_grad(set_to_none=True)
+    context = (
+        torch.autocast(device, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else torch.autocast(device, enabled=False)
+    )
+    with context:
+        loss, _ = module.contrastive_loss(batch.to(device))
+    loss.backward()
+    gradients = {
+        name: parameter.grad.detach().clone()
+        for name, parameter in module.named_parameters()
+        if parameter.grad is not None
+    }
+    return loss.detach(), gradients
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gathered_maxsim_option_gives_the_same_training_step(tmp_path, device):
+    plain, batch = tiny_module(tmp_path)
+    gathered, _ = tiny_module(tmp_path, ["module.gathered_maxsim=true"])
+    assert gathered.gathered_maxsim and not plain.gathered_maxsim
+    plain.to(device)
+    gathered.to(device)
+    expected_loss, expected = loss_and_gradients(plain, batch, device)
+    loss, gradients = loss_and_gradients(gathered, batch, device)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    assert gradients.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(gradients[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_step_close_to_fp32(tmp_path, device):
+    module, batch = tiny_module(tmp_path)
+    module.to(device)
+    fp32_loss, fp32_gradients = loss_and_gradients(module, batch, device)
+    bf16_loss, bf16_gradients = loss_and_gradients(module, batch, device, "bf16")
+    # bf16 keeps ~3 significant digits; the loss of a random model is ~log(2 * batch)
+    torch.testing.assert_close(bf16_loss, fp32_loss, rtol=2e-2, atol=2e-2)
+    for name, expected in fp32_gradients.items():
+        actual = bf16_gradients[name]
+        assert actual.dtype == torch.float32  # master weights and their gradients stay fp32
+        cosine = torch.nn.functional.cosine_similarity(
+            actual.flatten().double(), expected.flatten().double(), dim=0
+        )
+        if expected.norm() > 1e-6:
+            assert cosine > 0.95, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_adamw_option_matches_the_default_update(tmp_path, device):
+    results = []
+    for fused in ("null", "true"):
+        module, batch = tiny_module(tmp_path, [f"module.optimizer.fused={fused}"])
+        module.scheduler_factory = None
+        module.to(device)
+        optimizer = module.configure_optimizers()["optimizer"]
+        assert optimizer.defaults["fused"] == (fused == "true" or None)
+        for _ in range(2):
+            loss_and_gradients(module, batch, device)
+            optimizer.step()
+        results.append({name: p.detach().clone() for name, p in module.named_parameters()})
+    for name, expected in results[0].items():
+        torch.testing.assert_close(results[1][name], expected, rtol=1e-5, atol=1e-6)
