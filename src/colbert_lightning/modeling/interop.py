@@ -290,12 +290,8 @@ def read_folder(folder: str | Path) -> FolderContents:
         weights.pop(PROJECTION_KEY)
         prefix = _base_model_prefix(weights)
         weights = {key[len(prefix) + 1 :]: value for key, value in weights.items()}
-        settings = _settings_from_colbert_ai(folder)
-    elif format == "pylate":
-        settings = _settings_from_pylate(folder)
-    else:
-        saved = _read_json(folder / HF_CONFIG)
-        settings = {key: saved[key] for key in _SETTINGS if key in saved}
+    settings = read_settings(folder)
+    assert settings is not None
     # ColBERT never uses the pooler (the model drops it)
     state = {
         f"encoder.{key}": value for key, value in weights.items() if key.split(".")[0] != "pooler"
@@ -310,6 +306,24 @@ def read_folder(folder: str | Path) -> FolderContents:
         "tokenizer_files": _tokenizer_files(folder),
     }
     return FolderContents(format=format, metadata=metadata, state_dict=state)
+
+
+def read_settings(folder: str | Path) -> dict[str, Any] | None:
+    """The ColBERT settings of a ColBERT folder (lengths, markers, masks); None for others.
+
+    Keys are :class:`ColBERTConfig` fields; a key a format does not record gets that tool's
+    own default.
+    """
+    format = detect_format(folder)
+    folder = Path(folder)
+    if format == "colbert":
+        return _settings_from_colbert_ai(folder)
+    if format == "pylate":
+        return _settings_from_pylate(folder)
+    if format == "hf":
+        saved = _read_json(folder / HF_CONFIG)
+        return {key: saved[key] for key in _SETTINGS if key in saved}
+    return None
 
 
 _SETTINGS = (
