@@ -77,6 +77,22 @@ def test_train_evaluates_its_best_checkpoint_on_the_test_split(tmp_path):
     assert results["test_step0"]["metrics"] != test["metrics"]
 
 
+def test_test_split_without_checkpoints_evaluates_the_final_model(tmp_path):
+    overrides = [
+        *TINY_OVERRIDES,
+        "trainer.max_steps=2",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "callbacks=none",
+        "test_split=test",
+    ]
+    results = train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert results["best_checkpoint"] is None and results["test"]["checkpoint"] is None
+    assert results["test"]["queries"] == 225
+    assert results["test"]["metrics"] != results["test_step0"]["metrics"]
+
+
 def test_test_split_without_qrels_fails_before_training(tmp_path):
     overrides = [*TINY_OVERRIDES, "test_split=validation"]
     with pytest.raises(ConfigError, match="test_split=validation: .*validation"):

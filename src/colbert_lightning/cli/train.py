@@ -83,9 +83,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _finish_wandb_runs(trainer)
     if cfg.get("test_split") and trainer.is_global_zero:
         results["test_step0"] = test_at_start
-        results["test"] = _evaluate_on_test(
-            cfg, results["best_checkpoint"] or str(checkpoint_dir / "last.ckpt")
-        )
+        # the best dev checkpoint, else last.ckpt; without checkpoints (callbacks=none) the model
+        # as training left it
+        last = checkpoint_dir / "last.ckpt"
+        chosen = results["best_checkpoint"] or (str(last) if last.is_file() else None)
+        results["test"] = _evaluate_on_test(cfg, chosen or model)
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -107,9 +109,10 @@ def _evaluate_on_test(cfg: DictConfig, model: ColBERT | str) -> dict[str, Any]:
     """The model (or a checkpoint's) metrics on the ``cfg.test_split`` qrels of data.root.
 
     Training evaluates the untrained model (before the first step) and, at the end, the best
-    checkpoint by dev nDCG@10 (else the last): the split is never used to choose anything.
+    checkpoint by dev nDCG@10 (else the last, else the final model when no checkpoint is
+    written): the split is never used to choose anything.
     """
-    what = model if isinstance(model, str) else "the untrained model"
+    what = model if isinstance(model, str) else "the model in memory"
     log.info("evaluating %s on the %s split of %s", what, cfg.test_split, cfg.data.root)
     batch_size = cfg.callbacks.get("evaluation", {}).get("batch_size", 64)
     result = evaluate_split(model, cfg.data.root, cfg.test_split, batch_size=batch_size)
