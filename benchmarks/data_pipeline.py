@@ -81,7 +81,8 @@ def measure_step(batch_size: int, nway: int, out: str, steps: int) -> dict[str, 
     """Seconds per training step (model step alone, default tiny config), fp32 and bf16."""
     from throughput import autocast, build_module
 
-    _, module, optimizer = build_module("tiny", batch_size, nway, fused=False, out=out)
+    _, module, optimizers = build_module("tiny", batch_size, nway, out=out)
+    optimizer = optimizers(False)
     batches = make_batches(module.model.tokenizer, 4, batch_size, nway, "cranfield")
     device = torch.device("cpu")
     result = {}

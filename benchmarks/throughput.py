@@ -76,20 +76,41 @@ class Variant:
     name: str
     precision: str  # "32" or "bf16"
     fused_adamw: bool = False
+    gathered_maxsim: bool = False
 
     def describe(self) -> str:
         """A short text of the levers."""
-        levers = ["bf16 autocast" if self.precision == "bf16" else "fp32"]
+        levers = ["bf16" if self.precision == "bf16" else "fp32"]
         if self.fused_adamw:
             levers.append("fused AdamW")
+        if self.gathered_maxsim:
+            levers.append("gathered MaxSim")
         return " + ".join(levers)
 
 
 VARIANTS = {
-    "fp32": Variant("fp32", "32"),
-    "fp32_fused": Variant("fp32_fused", "32", fused_adamw=True),
-    "bf16": Variant("bf16", "bf16"),
-    "bf16_fused": Variant("bf16_fused", "bf16", fused_adamw=True),
+    variant.name: variant
+    for variant in (
+        Variant("fp32", "32"),
+        Variant("fp32_fused", "32", fused_adamw=True),
+        Variant("fp32_gathered", "32", gathered_maxsim=True),
+        Variant("fp32_fused_gathered", "32", fused_adamw=True, gathered_maxsim=True),
+        Variant("bf16", "bf16"),
+        Variant("bf16_fused", "bf16", fused_adamw=True),
+        Variant("bf16_gathered", "bf16", gathered_maxsim=True),
+        Variant("bf16_fused_gathered", "bf16", fused_adamw=True, gathered_maxsim=True),
+    )
+}
+
+# End-to-end Trainer runs: the default config, then the levers as config overrides.
+END_TO_END = {
+    "default": [],
+    "bf16": ["trainer.precision=bf16-mixed"],
+    "bf16_fused_gathered": [
+        "trainer.precision=bf16-mixed",
+        "module.optimizer.fused=true",
+        "module.gathered_maxsim=true",
+    ],
 }
 
 
@@ -106,8 +127,11 @@ def autocast(device: torch.device, precision: str) -> Any:
     return nullcontext()
 
 
-def build_module(model: str, batch_size: int, nway: int, fused: bool, out: str) -> Any:
-    """Our LightningModule as the default training config builds it (no Trainer attached)."""
+def build_module(model: str, batch_size: int, nway: int, out: str) -> Any:
+    """Our LightningModule as the default training config builds it (no Trainer attached).
+
+    Returns the config, the module and a function giving its optimiser (plain or fused).
+    """
     from hydra.utils import instantiate
 
     from colbert_lightning.modeling import ColBERT
@@ -118,9 +142,14 @@ def build_module(model: str, batch_size: int, nway: int, fused: bool, out: str) 
     colbert = ColBERT.from_config(instantiate(cfg.model))
     module = instantiate(cfg.module, model=colbert)
     module.scheduler_factory = None  # the schedule needs a Trainer; it costs nothing per step
-    if fused:
-        module.optimizer_factory.keywords["fused"] = True
-    optimizer = module.configure_optimizers()["optimizer"]
+    optimizers: dict[bool, Any] = {}
+
+    def optimizer(fused: bool) -> Any:
+        if fused not in optimizers:
+            module.optimizer_factory.keywords["fused"] = fused or None
+            optimizers[fused] = module.configure_optimizers()["optimizer"]
+        return optimizers[fused]
+
     return cfg, module, optimizer
 
 
@@ -262,10 +291,8 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
     """(a): our variants against PyLate on the same fixed batches, alternating."""
     results: dict[str, Any] = {"variants": {}, "pairs": []}
     variants = [VARIANTS[name] for name in args.variants]
-    # One module per AdamW flavour; the same initial weights (seeded) and batches for all.
-    cfg, module, optimizer = build_module(
-        args.model, args.batch_size, args.nway, fused=False, out=out
-    )
+    # One module for every variant (a lever only changes how its step is computed).
+    cfg, module, optimizer = build_module(args.model, args.batch_size, args.nway, out=out)
     module.to(device)
     batches = make_batches(
         module.model.tokenizer, args.batches, args.batch_size, args.nway, args.corpus
@@ -282,7 +309,6 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
     results["tokens_per_batch"] = {"real": real, "padded": padded}
     on_device = [batch.to(device) for batch in batches]
     lr = float(cfg.module.optimizer.lr)
-    fused_module = None
     peer = None
     workdir = tempfile.TemporaryDirectory(prefix="colbert-bench-")
     if args.peer:
@@ -299,16 +325,8 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
     peak = peak_flops(device)
     try:
         for variant in variants:
-            if variant.fused_adamw:
-                if fused_module is None:
-                    fused_module = build_module(
-                        args.model, args.batch_size, args.nway, fused=True, out=out
-                    )
-                    fused_module[1].to(device)
-                _, current, current_optimizer = fused_module
-            else:
-                current, current_optimizer = module, optimizer
-            run = our_runner(current, current_optimizer, on_device, device)
+            module.gathered_maxsim = variant.gathered_maxsim
+            run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             run(args.warmup, variant.precision)
@@ -363,12 +381,8 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
         if args.profile_steps:
             first, last = variants[0], variants[-1]
             for label, variant in (("before", first), ("after", last)):
-                current, current_optimizer = (
-                    (fused_module[1], fused_module[2])
-                    if variant.fused_adamw
-                    else (module, optimizer)
-                )
-                run = our_runner(current, current_optimizer, on_device, device)
+                module.gathered_maxsim = variant.gathered_maxsim
+                run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
                 results[f"profile_{label}"] = {
                     "variant": variant.name,
                     "table": profile_table(
@@ -418,14 +432,14 @@ class StepClock:
 
 
 def end_to_end_section(args: argparse.Namespace, device: torch.device, out: str) -> dict:
-    """(b): the real Trainer and DataModule, per precision, after ``warmup`` steps."""
+    """(b): the real Trainer and DataModule, per lever set, after ``warmup`` steps."""
     from hydra.utils import instantiate
 
     from colbert_lightning.modeling import ColBERT
 
     results: dict[str, Any] = {}
     total = args.e2e_warmup + args.e2e_steps
-    for precision in args.e2e_precisions:
+    for name in args.e2e:
         overrides = [
             *MODEL_OVERRIDES[args.model],
             f"data.batch_size={args.batch_size}",
@@ -434,11 +448,11 @@ def end_to_end_section(args: argparse.Namespace, device: torch.device, out: str)
             "callbacks=none",
             "logger=none",
             f"trainer.max_steps={total}",
-            f"trainer.precision={precision}",
             f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
             "trainer.enable_progress_bar=false",
             "+trainer.enable_checkpointing=false",
             "+trainer.enable_model_summary=false",
+            *END_TO_END[name],
             *args.e2e_overrides,
         ]
         cfg = compose(overrides, out)
@@ -462,7 +476,7 @@ def end_to_end_section(args: argparse.Namespace, device: torch.device, out: str)
         real = clock.real_tokens / len(starts)
         padded = clock.padded_tokens / len(starts)
         row = {
-            "precision": precision,
+            "levers": name,
             "workers": args.workers,
             "s_per_step": step_s,
             "triples_per_s": args.batch_size / step_s,
@@ -477,9 +491,9 @@ def end_to_end_section(args: argparse.Namespace, device: torch.device, out: str)
                 else peak_rss_mb()
             ),
         }
-        results[precision] = row
+        results[name] = row
         print(
-            f"   trainer {precision:<10} {step_s * 1e3:8.1f} ms/step  "
+            f"   trainer {name:<20} {step_s * 1e3:8.1f} ms/step  "
             f"{row['triples_per_s']:7.1f} triples/s  waiting for data {row['data_wait_share']:.1%}"
         )
         sys.stdout.flush()
@@ -500,14 +514,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed run")
     parser.add_argument("--pairs", type=int, default=5, help="alternating ours/PyLate runs")
     parser.add_argument(
-        "--variants", nargs="+", default=["fp32", "bf16", "bf16_fused"], choices=sorted(VARIANTS)
+        "--variants",
+        nargs="+",
+        default=["fp32", "fp32_gathered", "bf16", "bf16_fused", "bf16_fused_gathered"],
+        choices=list(VARIANTS),
     )
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip PyLate")
     parser.add_argument("--profile-steps", type=int, default=3, help="0: no profiler tables")
     parser.add_argument("--profile-rows", type=int, default=12)
     parser.add_argument("--e2e-steps", type=int, default=20, help="0: skip the Trainer runs")
     parser.add_argument("--e2e-warmup", type=int, default=5)
-    parser.add_argument("--e2e-precisions", nargs="+", default=["32-true", "bf16-mixed"])
+    parser.add_argument("--e2e", nargs="+", default=list(END_TO_END), choices=list(END_TO_END))
     parser.add_argument("--e2e-overrides", nargs="*", default=[], help="extra config overrides")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (Trainer run)")
     parser.add_argument("--out", default=None, help="folder of the JSON (default benchmarks/out)")
@@ -558,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 table(
                     list(payload["end_to_end"].values()),
                     [
-                        "precision",
+                        "levers",
                         "s_per_step",
                         "triples_per_s",
                         "real_tokens_per_s",

@@ -145,3 +145,41 @@ def test_fused_adamw_option_matches_the_default_update(tmp_path, device):
         results.append({name: p.detach().clone() for name, p in module.named_parameters()})
     for name, expected in results[0].items():
         torch.testing.assert_close(results[1][name], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trainer_with_every_lever_clips_and_trains(tmp_path, device):
+    # Lightning alone refuses gradient clipping with a fused optimiser under bf16-mixed.
+    from colbert_lightning.cli.train import train
+
+    clipped = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def recording(parameters, max_norm, *args, **kwargs):
+        clipped.append(max_norm)
+        return original(parameters, max_norm, *args, **kwargs)
+
+    cfg = compose_train(
+        tmp_path / "out",
+        tmp_path / "cache",
+        [
+            *TINY_OVERRIDES,
+            "trainer.max_steps=3",
+            f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+            "trainer.precision=bf16-mixed",
+            "trainer.gradient_clip_val=1.0",
+            "module.optimizer.fused=true",
+            "module.gathered_maxsim=true",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "callbacks=none",
+            "logger=none",
+        ],
+    )
+    torch.nn.utils.clip_grad_norm_ = recording
+    try:
+        results = train(cfg)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = original
+    assert results["steps"] == 3
+    assert clipped == [1.0, 1.0, 1.0]

@@ -142,6 +142,32 @@ class ColBERTModule(pl.LightningModule):
         self.log("train/nonfinite_batches", float(self.nonfinite_batches))
         return None  # Lightning skips backward and the update
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, and also for a fused optimiser under ``bf16-mixed``.
+
+        Lightning refuses to clip when the optimiser unscales gradients itself (fused AdamW),
+        a concern only with fp16's gradient scaler: bf16 has none, so the gradients are final
+        here and are clipped directly.
+        """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if (
+            gradient_clip_val
+            and scaler is None
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_batch_start(self, batch: TrainingBatch, batch_idx: int) -> None:
         """After a resume, continue with the random state the interrupted run had here."""
         if self._rng_to_restore is not None:
