@@ -37,7 +37,6 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from colbert_lightning.modeling import ColBERT
@@ -46,7 +45,7 @@ from colbert_lightning.retrieval.exact import (
     _encode_queries,
     encoder_device,
 )
-from colbert_lightning.scoring import maxsim
+from colbert_lightning.scoring import maxsim, token_similarity
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.f16"
@@ -315,11 +314,11 @@ class Retriever:
 
     @torch.inference_mode()
     def exact_search_batch(
-        self, queries: list[str], k: int = 10, documents_per_pass: int = 256
+        self, queries: list[str], k: int = 10, documents_per_pass: int = 64
     ) -> list[list[SearchHit]]:
         """Brute force over every stored document: exact MaxSim, no IVF (the reference)."""
         _check_k(k)
-        order = np.argsort(self.doc_lengths, kind="stable")  # similar lengths, less padding
+        order = np.arange(len(self.doc_ids))
         results: list[list[SearchHit]] = []
         for start in range(0, len(queries), self.batch_size):
             embeddings, mask = self._encode(queries[start : start + self.batch_size])
@@ -327,10 +326,7 @@ class Retriever:
             best_rows = torch.zeros((len(embeddings), 0), dtype=torch.long)
             for first in range(0, len(order), documents_per_pass):
                 rows = order[first : first + documents_per_pass]
-                documents, document_mask = self._stored(rows)
-                scores = maxsim(
-                    embeddings, mask, documents, document_mask, self.model.config.similarity
-                )  # (Qb, D)
+                scores = self._score_stored(embeddings, mask, rows)  # (Qb, D)
                 merged = torch.cat([best_scores, scores], dim=1)
                 merged_rows = torch.cat(
                     [best_rows, torch.from_numpy(rows).expand(len(embeddings), -1)], dim=1
@@ -374,27 +370,33 @@ class Retriever:
         return documents[top[np.argsort(-approximate[top], kind="stable")]]
 
     def _stored(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored embeddings of documents ``rows``, padded: (D, Ld, dim) float32 and (D, Ld)."""
-        pieces = [
-            torch.from_numpy(np.asarray(self.embeddings[start : start + length], dtype=np.float32))
-            for start, length in zip(
-                self.doc_starts[rows].tolist(), self.doc_lengths[rows].tolist(), strict=True
-            )
-        ]
-        documents = pad_sequence(pieces, batch_first=True)
-        lengths = torch.as_tensor(self.doc_lengths[rows])
-        mask = torch.arange(documents.shape[1])[None, :] < lengths[:, None]
-        return documents, mask
+        """Stored tokens of documents ``rows``, packed (no padding).
+
+        Returns:
+            (N, dim) float32 embeddings and (N,) the position in ``rows`` each token belongs to.
+        """
+        lengths = self.doc_lengths[rows]
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        # token row = the document's start + the token's offset within the document
+        offsets = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        tokens = np.asarray(self.embeddings[self.doc_starts[rows][owner] + offsets], np.float32)
+        return torch.from_numpy(tokens), torch.from_numpy(owner)
+
+    def _score_stored(
+        self, queries: torch.Tensor, query_mask: torch.Tensor, rows: np.ndarray
+    ) -> torch.Tensor:
+        """Exact MaxSim of queries (Q, Lq, dim) against stored documents ``rows``: (Q, D)."""
+        tokens, owner = self._stored(rows)
+        return packed_maxsim(
+            queries, query_mask, tokens, owner, len(rows), self.model.config.similarity
+        )
 
     def _exact_top(
         self, query: torch.Tensor, query_mask: torch.Tensor, rows: np.ndarray, k: int
     ) -> list[SearchHit]:
         if len(rows) == 0:
             return []
-        documents, document_mask = self._stored(rows)
-        scores = maxsim(
-            query[None], query_mask[None], documents, document_mask, self.model.config.similarity
-        )[0]  # (D,)
+        scores = self._score_stored(query[None], query_mask[None], rows)[0]  # (D,)
         best, positions = scores.topk(min(k, len(rows)))
         return self._hits(rows[positions.numpy()].tolist(), best.tolist())
 
@@ -403,6 +405,41 @@ class Retriever:
             SearchHit(self.doc_ids[row], score, rank)
             for rank, (row, score) in enumerate(zip(rows, scores, strict=True), start=1)
         ]
+
+
+def packed_maxsim(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    owner: torch.Tensor,
+    documents: int,
+    similarity: str = "cosine",
+) -> torch.Tensor:
+    """MaxSim against documents stored as one packed run of tokens (no padding to mask).
+
+    Args:
+        queries: (Q, Lq, dim) query token embeddings.
+        query_mask: (Q, Lq) True for query tokens that count.
+        tokens: (N, dim) the documents' scored tokens, one after another.
+        owner: (N,) the document (0..documents-1) of each token; every document has one.
+        documents: D, the number of documents.
+        similarity: ``cosine`` or ``l2`` (as :func:`colbert_lightning.scoring.maxsim`).
+
+    Returns:
+        (Q, D) scores, equal to :func:`~colbert_lightning.scoring.maxsim` on the padded form.
+
+    Example:
+        >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+        >>> d = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])   # doc 0: 1 token, doc 1: 2
+        >>> packed_maxsim(q, torch.tensor([[True, True]]), d, torch.tensor([0, 1, 1]), 2)
+        tensor([[1.4000, 1.0000]])
+    """
+    count, length, _ = queries.shape
+    similarities = token_similarity(queries, tokens[None], similarity)[:, 0]  # (Q, Lq, N)
+    best = torch.full((count, length, documents), float("-inf"), dtype=similarities.dtype)
+    index = owner.to(similarities.device).expand(count, length, -1)
+    best = best.scatter_reduce(2, index, similarities, reduce="amax")  # (Q, Lq, D)
+    return best.masked_fill(~query_mask.bool()[:, :, None], 0.0).sum(dim=1)
 
 
 def _check_k(k: int) -> None:
