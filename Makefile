@@ -42,7 +42,18 @@ lint: $(VENV)/.installed ## Ruff lint and format check
 parity: $(VENV)/.installed ## Export a model; PyLate 1.2.0 and colbert-ai 0.2.22 (own venv) score 20 pairs; import back
 	benchmarks/peers/pylate12/run.sh outputs/parity $(CHECKPOINT)
 
+# CPU benchmarks at sizes that fit 15 minutes on a fresh clone (venvs included); JSON in BENCH_DIR.
+BENCH_DIR ?= benchmarks/out
+
+bench: $(VENV)/.installed ## CPU benchmarks: throughput vs PyLate (own venv, set up once), data pipeline, streaming memory, eval cost
+	bash benchmarks/peers/pylate16/setup.sh
+	$(BIN)/python benchmarks/throughput.py --out $(BENCH_DIR) --pairs 5 --steps 3 --profile-steps 2 \
+		--variants fp32 bf16 bf16_fused_gathered --e2e default bf16_fused_gathered --e2e-steps 12 --e2e-warmup 3
+	$(BIN)/python benchmarks/data_pipeline.py --out $(BENCH_DIR) --batches 40
+	$(BIN)/python benchmarks/streaming_memory.py --out $(BENCH_DIR)
+	$(BIN)/python benchmarks/eval_cost.py --out $(BENCH_DIR) --repeats 1
+
 clean: ## Remove run outputs (outputs/, multirun/, .cache/); keeps .venv
 	rm -rf outputs multirun .cache lightning_logs wandb
 
-.PHONY: help install train test sweep lint clean parity
+.PHONY: help install train test sweep lint clean parity bench

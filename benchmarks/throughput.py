@@ -49,7 +49,13 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-PEER_PYTHON = REPO / "benchmarks" / "peers" / "pylate16" / ".venv" / "bin" / "python"
+# The peer's interpreter: its own venv here; COLBERT_PEER_PYTHON elsewhere (gpu_check.sh).
+PEER_PYTHON = Path(
+    os.environ.get(
+        "COLBERT_PEER_PYTHON",
+        REPO / "benchmarks" / "peers" / "pylate16" / ".venv" / "bin" / "python",
+    )
+)
 PEER_SCRIPT = REPO / "benchmarks" / "peers" / "pylate16" / "peer_step.py"
 
 # BERT-base's architecture, built offline from sizes (every weight random), BERT's own dropout.
@@ -269,7 +275,7 @@ def our_runner(module: Any, optimizer: Any, batches: list[Any], device: torch.de
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         synchronize(device)
-        return time.perf_counter() - started, float(loss)
+        return time.perf_counter() - started, float(loss.detach())
 
     return run
 

@@ -106,7 +106,7 @@ def main() -> None:
             for _ in range(command["steps"]):
                 loss = step(precision)
             synchronize()
-            reply = {"seconds": time.perf_counter() - started, "loss": float(loss)}
+            reply = {"seconds": time.perf_counter() - started, "loss": float(loss.detach())}
         elif command["cmd"] == "profile":
             from torch.profiler import ProfilerActivity, profile
 
