@@ -120,6 +120,15 @@ END_TO_END = {
 }
 
 
+def parse_variant(spec: str) -> tuple[str, Variant, str]:
+    """``name`` (PyLate at the same precision) or ``name@32`` / ``name@bf16`` (PyLate's set)."""
+    name, _, peer_precision = spec.partition("@")
+    if name not in VARIANTS or peer_precision not in ("", "32", "bf16"):
+        raise SystemExit(f"--variants: unknown {spec!r}; names: {', '.join(VARIANTS)}")
+    variant = VARIANTS[name]
+    return spec, variant, peer_precision or variant.precision
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (timings must include it)."""
     if device.type == "cuda":
@@ -296,7 +305,7 @@ def profile_table(run: Any, steps: int, precision: str, device: torch.device, ro
 def model_step_section(args: argparse.Namespace, device: torch.device, out: str) -> dict:
     """(a): our variants against PyLate on the same fixed batches, alternating."""
     results: dict[str, Any] = {"variants": {}, "pairs": []}
-    variants = [VARIANTS[name] for name in args.variants]
+    variants = [parse_variant(spec) for spec in args.variants]
     # One module for every variant (a lever only changes how its step is computed).
     cfg, module, optimizer = build_module(args.model, args.batch_size, args.nway, out=out)
     module.to(device)
@@ -330,13 +339,12 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
     flops_per_token = 6 * non_embedding_parameters(module.model)
     peak = peak_flops(device)
     try:
-        for variant in variants:
+        for key, variant, peer_precision in variants:
             module.gathered_maxsim = variant.gathered_maxsim
             run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             run(args.warmup, variant.precision)
-            peer_precision = variant.precision
             if peer is not None:
                 peer.call(cmd="run", steps=args.warmup, precision=peer_precision)
             ours_seconds, peer_seconds, ratios = [], [], []
@@ -344,7 +352,7 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
                 seconds, loss = run(args.steps, variant.precision)
                 ours_seconds.append(seconds)
                 row = {
-                    "variant": variant.name,
+                    "variant": key,
                     "pair": pair,
                     "ours_s_per_step": seconds / args.steps,
                 }
@@ -358,6 +366,7 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
             step_s = statistics.median(ours_seconds) / args.steps
             summary = {
                 "levers": variant.describe(),
+                "pylate_precision": "bf16" if peer_precision == "bf16" else "fp32",
                 "s_per_step": step_s,
                 "triples_per_s": args.batch_size / step_s,
                 "real_tokens_per_s": real / step_s,
@@ -377,15 +386,16 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
                 summary["pylate_triples_per_s"] = args.batch_size / peer_step
                 summary["ratios"] = ratios
                 summary["median_ratio"] = statistics.median(ratios)
-            results["variants"][variant.name] = summary
+            results["variants"][key] = summary
             shown = f"{summary['median_ratio']:.2f}x" if peer is not None else "-"
             print(
-                f"   {variant.name:<11} {variant.describe():<28} {step_s * 1e3:8.1f} ms/step  "
-                f"ours/PyLate {shown}  pairs: " + " ".join(f"{ratio:.2f}" for ratio in ratios)
+                f"   {key:<22} {step_s * 1e3:7.1f} ms/step  ours/PyLate "
+                f"({summary['pylate_precision']}) {shown}  pairs: "
+                + " ".join(f"{ratio:.2f}" for ratio in ratios)
             )
             sys.stdout.flush()
         if args.profile_steps:
-            first, last = variants[0], variants[-1]
+            first, last = variants[0][1], variants[-1][1]
             for label, variant in (("before", first), ("after", last)):
                 module.gathered_maxsim = variant.gathered_maxsim
                 run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
@@ -522,8 +532,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["fp32", "fp32_gathered", "bf16", "bf16_fused", "bf16_fused_gathered"],
-        choices=list(VARIANTS),
+        default=[
+            "fp32",
+            "fp32_gathered",
+            "fp32_fused_gathered",
+            "bf16",
+            "bf16_fused",
+            "bf16_fused_gathered",
+            "bf16_fused_gathered@32",
+        ],
+        help="our lever sets; name@32 or name@bf16 pairs it with PyLate at that precision "
+        f"(default: the same as ours); names: {', '.join(VARIANTS)}",
     )
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip PyLate")
     parser.add_argument("--profile-steps", type=int, default=3, help="0: no profiler tables")
@@ -563,6 +582,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "real_tokens_per_s",
             "padded_tokens_per_s",
             "peak_memory_mb",
+            "pylate_precision",
             "pylate_s_per_step",
             "median_ratio",
         ]
