@@ -229,3 +229,25 @@ def test_export_command_line_takes_the_output_folder_as_a_bare_argument(tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert "exported" in result.stdout and detect_format(tmp_path / "out") == "pylate"
+
+
+def test_evaluate_reads_a_model_folder_as_it_reads_the_checkpoint(tmp_path):
+    from colbert_lightning.cli.evaluate import evaluate_split
+
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    documents = {f"d{n}": text for n, text in enumerate(DOCUMENTS)}
+    with open(root / "corpus.jsonl", "w") as output:
+        output.writelines(json.dumps({"_id": i, "text": t}) + "\n" for i, t in documents.items())
+    with open(root / "queries.jsonl", "w") as output:
+        output.writelines(
+            json.dumps({"_id": f"q{n}", "text": q}) + "\n" for n, q in enumerate(QUERIES)
+        )
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\n")
+    model = _model()
+    _fake_ckpt(model, tmp_path / "last.ckpt")
+    write_folder(model, tmp_path / "pylate", "pylate")
+    from_checkpoint = evaluate_split(str(tmp_path / "last.ckpt"), str(root), "test")
+    from_folder = evaluate_split(str(tmp_path / "pylate"), str(root), "test")
+    assert from_folder["metrics"] == from_checkpoint["metrics"]
+    assert from_folder["queries"] == 2

@@ -39,8 +39,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     baseline = instantiate(cfg.model) if cfg.get("model") is not None else None
     if baseline is not None and not isinstance(baseline, BM25Config):
         raise ConfigError(f"model={type(baseline).__name__}: evaluate takes model=bm25 or none")
-    if baseline is None and not (cfg.checkpoint and Path(cfg.checkpoint).is_file()):
-        raise ConfigError(f"checkpoint={cfg.checkpoint}: evaluating a ColBERT needs its .ckpt")
+    if baseline is None and not (cfg.checkpoint and Path(cfg.checkpoint).exists()):
+        raise ConfigError(
+            f"checkpoint={cfg.checkpoint}: evaluating a ColBERT needs its .ckpt or model folder"
+        )
     result = evaluate_split(
         baseline or cfg.checkpoint,
         cfg.data.get("root"),
@@ -83,7 +85,8 @@ def evaluate_split(
             colbert, was_training = model, model.training
         else:
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            colbert, was_training = ColBERT.from_checkpoint(model).to(device), False
+            # a .ckpt, or a colbert-ai / PyLate / exported folder
+            colbert, was_training = ColBERT.load(model).to(device), False
         colbert.eval()
         with torch.inference_mode():
             rankings = exact_rankings(
