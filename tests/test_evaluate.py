@@ -84,10 +84,11 @@ def test_test_split_without_checkpoints_evaluates_the_final_model(tmp_path):
         "data.num_workers=0",
         "data.batch_size=4",
         "callbacks=none",
+        "+trainer.enable_checkpointing=false",
         "test_split=test",
     ]
     results = train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert results["best_checkpoint"] is None and results["test"]["checkpoint"] is None
     assert results["test"]["queries"] == 225
     assert results["test"]["metrics"] != results["test_step0"]["metrics"]

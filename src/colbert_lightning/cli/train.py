@@ -83,8 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _finish_wandb_runs(trainer)
     if cfg.get("test_split") and trainer.is_global_zero:
         results["test_step0"] = test_at_start
-        # the best dev checkpoint, else last.ckpt; without checkpoints (callbacks=none) the model
-        # as training left it
+        # the best dev checkpoint, else last.ckpt; without checkpoints
+        # (trainer.enable_checkpointing=false) the model as training left it
         last = checkpoint_dir / "last.ckpt"
         chosen = results["best_checkpoint"] or (str(last) if last.is_file() else None)
         results["test"] = _evaluate_on_test(cfg, chosen or model)
