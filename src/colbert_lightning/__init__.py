@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     """``from colbert_lightning import RAGTrainer``, imported on first use (it needs Lightning)."""
     if name == "RAGTrainer":
         from colbert_lightning.ragatouille import RAGTrainer
