@@ -203,3 +203,26 @@ def test_triplets_and_labelled_pairs_keep_their_given_negatives(tmp_path):
     }
     with pytest.raises(ValueError, match="pairs or triplets"):
         raw_kind([("q",)])
+
+
+def test_n_usable_gpus_maps_to_lightning_devices_and_ddp(
+    tiny_bert, cranfield, tmp_path, monkeypatch
+):
+    from colbert_lightning import RAGTrainer
+
+    pairs, documents = cranfield
+    trainer = RAGTrainer("m", str(tiny_bert), n_usable_gpus=2)
+    trainer.prepare_training_data(pairs, documents, tmp_path / "data", num_new_negatives=1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cfg = trainer.compose_config(batch_size=8)
+    assert (cfg.trainer.accelerator, cfg.trainer.strategy, cfg.trainer.devices) == ("gpu", "ddp", 2)
+    assert cfg.data.batch_size == 4  # RAGatouille's batch_size is the total over the GPUs
+    trainer.n_usable_gpus = -1  # every visible GPU
+    assert trainer.compose_config(batch_size=8).trainer.devices == 4
+    with pytest.raises(ValueError, match="multiple of the 4 GPUs"):
+        trainer.compose_config(batch_size=6)
+    trainer.n_usable_gpus = 1
+    cfg = trainer.compose_config(batch_size=8)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.data.batch_size) == ("gpu", 1, 8)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert trainer.compose_config().trainer.accelerator == "cpu"  # with a warning in the log
