@@ -102,11 +102,15 @@ def main() -> None:
         precision = command.get("precision", "32")
         if command["cmd"] == "run":
             synchronize()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             for _ in range(command["steps"]):
                 loss = step(precision)
             synchronize()
-            reply = {"seconds": time.perf_counter() - started, "loss": float(loss.detach())}
+            reply = {
+                "seconds": time.perf_counter() - started,
+                "cpu_seconds": time.process_time() - cpu_started,
+                "loss": float(loss.detach()),
+            }
         elif command["cmd"] == "profile":
             from torch.profiler import ProfilerActivity, profile
 
