@@ -51,7 +51,7 @@ bench: $(VENV)/.installed ## CPU benchmarks: throughput vs PyLate (own venv, set
 		--variants fp32 bf16 bf16_fused_gathered bf16_fused_gathered@32 --e2e default bf16_fused_gathered --e2e-steps 12 --e2e-warmup 3
 	$(BIN)/python benchmarks/data_pipeline.py --out $(BENCH_DIR) --batches 40
 	$(BIN)/python benchmarks/streaming_memory.py --out $(BENCH_DIR)
-	$(BIN)/python benchmarks/eval_cost.py --out $(BENCH_DIR) --repeats 1
+	$(BIN)/python benchmarks/eval_cost.py --out $(BENCH_DIR) --repeats 2
 
 clean: ## Remove run outputs (outputs/, multirun/, .cache/); keeps .venv
 	rm -rf outputs multirun .cache lightning_logs wandb

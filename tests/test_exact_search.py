@@ -10,7 +10,13 @@ import torch
 from colbert_lightning.modeling import ColBERTConfig
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText, load_tokenizer
 from colbert_lightning.resources import resource_path
-from colbert_lightning.retrieval.exact import exact_search, rerank
+from colbert_lightning.retrieval.exact import (
+    exact_search,
+    native_bf16,
+    rerank,
+    search_autocast,
+    tokenize_by_length,
+)
 from colbert_lightning.scoring import maxsim
 
 CORPUS = [
@@ -127,3 +133,82 @@ def test_rerank_scores_the_given_pairs(encoder: FakeEncoder) -> None:
 def test_rerank_unknown_document(encoder: FakeEncoder) -> None:
     with pytest.raises(KeyError, match="no text"):
         rerank(encoder, {"q": "wing"}, {"q": ["missing"]}, {"d": "wing"}, show_progress=False)
+
+
+def test_exact_search_takes_the_corpus_tokenised_once(encoder: FakeEncoder) -> None:
+    expected = exact_search(encoder, CORPUS, QUERIES, k=5, batch_size=3, show_progress=False)
+    tokens = tokenize_by_length(encoder.tokenizer, CORPUS, 3)
+    assert sorted(row for rows, _ in tokens for row in rows) == list(range(len(CORPUS)))
+    for _ in range(2):  # the same tokens serve every search
+        scores, indices = exact_search(
+            encoder, CORPUS, QUERIES, k=5, batch_size=3, show_progress=False, corpus_tokens=tokens
+        )
+        assert torch.equal(scores, expected[0])
+        assert torch.equal(indices, expected[1])
+    with pytest.raises(ValueError, match="corpus_tokens"):
+        exact_search(encoder, CORPUS[:-1], QUERIES, k=5, batch_size=3, corpus_tokens=tokens)
+
+
+def test_search_autocast_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    with search_autocast(cpu, 32):
+        assert not torch.is_autocast_enabled("cpu")
+    with search_autocast(cpu, "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not native_bf16(cpu)
+    with search_autocast(cpu, "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    with search_autocast(cpu, "auto"):
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="32, bf16 or auto"):
+        search_autocast(cpu, "16-mixed")
+
+
+def test_bf16_scores_are_summed_in_float32() -> None:
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(3, 32, 16, generator=generator), dim=-1)
+    documents = torch.nn.functional.normalize(torch.randn(5, 40, 16, generator=generator), dim=-1)
+    query_mask, document_mask = torch.ones(3, 32, dtype=torch.bool), torch.ones(5, 40).bool()
+    exact = maxsim(queries, query_mask, documents, document_mask)
+    half = maxsim(queries.bfloat16(), query_mask, documents.bfloat16(), document_mask)
+    assert half.dtype == torch.float32
+    # bf16 similarities (8-bit mantissa), float32 sum: within 32 x 2^-8 of the float32 score;
+    # a bf16 sum of scores near 10-20 would be off by up to 2^-4 per addition
+    assert (half - exact).abs().max() < 32 * 2**-8
+    # the only difference is the inputs' rounding: the same scores from bf16-rounded inputs
+    rounded = maxsim(
+        queries.bfloat16().float(), query_mask, documents.bfloat16().float(), document_mask
+    )
+    torch.testing.assert_close(half, rounded, rtol=0, atol=32 * 2**-9)
+
+
+def test_dev_evaluation_tokenises_the_corpus_once(tiny_model, monkeypatch) -> None:
+    from colbert_lightning.data.beir import DevSet
+    from colbert_lightning.training import ColBERTModule
+
+    module = ColBERTModule(tiny_model, optimizer=torch.optim.AdamW, scheduler=None)
+    dev_set = DevSet(
+        corpus_ids=[f"d{row}" for row in range(len(CORPUS))],
+        corpus_texts=list(CORPUS),
+        queries={f"q{row}": text for row, text in enumerate(QUERIES)},
+        qrels={"q0": {"d5": 1}, "q1": {"d9": 2, "d1": 1}, "q2": {"d6": 1}, "q3": {"d0": 1}},
+    )
+    tokenized = []
+    documents = tiny_model.tokenizer.documents
+    monkeypatch.setattr(
+        tiny_model.tokenizer,
+        "documents",
+        lambda texts: tokenized.append(len(texts)) or documents(texts),
+    )
+    first = module.evaluate_retrieval(dev_set, batch_size=4)
+    assert sum(tokenized) == len(CORPUS)
+    assert module.evaluate_retrieval(dev_set, batch_size=4) == first
+    assert sum(tokenized) == len(CORPUS)  # the second evaluation reused the tokens
+    module.evaluate_retrieval(dev_set, batch_size=3)  # another batching: tokenised again
+    assert sum(tokenized) == 2 * len(CORPUS)
+    bf16 = module.evaluate_retrieval(dev_set, batch_size=3, precision="bf16")
+    assert set(bf16) == set(first) and all(0.0 <= value <= 1.0 for value in bf16.values())

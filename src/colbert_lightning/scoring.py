@@ -119,7 +119,17 @@ def _sum_of_best_matches(
     """
     similarities = similarities.masked_fill(~document_mask.unsqueeze(-2), float("-inf"))
     best = similarities.max(dim=-1).values  # (..., Lq)
-    return best.masked_fill(~query_mask, 0.0).sum(dim=-1)
+    return _sum_at_least_float32(best.masked_fill(~query_mask, 0.0))
+
+
+def _sum_at_least_float32(best: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension; half-precision input is summed in float32.
+
+    Under bf16 autocast a bf16 sum of 32 best matches would keep about 2 significant digits.
+    """
+    if best.dtype in (torch.bfloat16, torch.float16):
+        best = best.float()
+    return best.sum(dim=-1)
 
 
 def maxsim_gathered(
@@ -167,4 +177,4 @@ def maxsim_gathered(
         best = 2 * best - expanded.pow(2).sum(dim=-1) - chosen.pow(2).sum(dim=-1)
     # A document without any scored token scores -inf, as in maxsim.
     best = best.masked_fill(~document_mask.any(dim=-1)[None, :, None], float("-inf"))
-    return best.masked_fill(~query_mask[:, None, :], 0.0).sum(dim=-1)
+    return _sum_at_least_float32(best.masked_fill(~query_mask[:, None, :], 0.0))

@@ -6,8 +6,9 @@ Everything runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -57,6 +58,40 @@ class Encoder(Protocol):
         ...
 
 
+EvaluationPrecision = Literal["32", "bf16", "auto"]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16, AVX512-BF16 or AMX).
+
+    Elsewhere bf16 autocast is emulated, and slower than float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # private helpers of torch.cpu; absent ones count as "no"
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def search_autocast(
+    device: torch.device, precision: EvaluationPrecision | int
+) -> contextlib.AbstractContextManager:
+    """The context to encode and score in: float32, bfloat16 autocast, or either.
+
+    ``32`` is float32, ``bf16`` bfloat16 autocast, and ``auto`` bf16 where :func:`native_bf16`
+    says the device has it, else float32. Under bf16 the token embeddings and similarities are
+    bfloat16 (about 3 significant digits); MaxSim still sums the best matches in float32.
+    """
+    precision = str(precision)
+    if precision not in ("32", "bf16", "auto"):
+        raise ValueError(f"precision must be 32, bf16 or auto, got {precision!r}")
+    if precision == "32" or (precision == "auto" and not native_bf16(device)):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def encoder_device(encoder: Encoder) -> torch.device:
     """The device of the encoder's first parameter, or the CPU when it has none."""
     parameters = getattr(encoder, "parameters", None)
@@ -76,6 +111,29 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
 
+TokenizedBatches = list[tuple[list[int], TokenizedText]]
+
+
+def tokenize_by_length(
+    tokenizer: TextTokenizer, texts: list[str], batch_size: int
+) -> TokenizedBatches:
+    """``texts`` in batches of similar length (less padding), tokenised as documents.
+
+    This is what :func:`exact_search` encodes. Tokens do not change while a model trains, so a
+    caller that searches the same corpus again (the dev evaluation during training) can keep
+    this and pass it back as ``corpus_tokens``.
+
+    Returns:
+        For each batch, the positions of its texts in ``texts`` and their tokens (on the CPU).
+    """
+    _check_batch_size(batch_size)
+    by_length = sorted(range(len(texts)), key=lambda position: len(texts[position]))
+    return [
+        (rows, tokenizer.documents([texts[row] for row in rows]))
+        for rows in _batches(by_length, batch_size)
+    ]
+
+
 def _encode_documents_by_length(
     encoder: Encoder,
     texts: list[str],
@@ -83,22 +141,33 @@ def _encode_documents_by_length(
     device: torch.device,
     show_progress: bool,
     description: str,
+    tokenized: TokenizedBatches | None = None,
 ) -> Iterator[tuple[list[int], EncodedTokens]]:
     """Encode ``texts`` in batches of similar length (less padding), with a progress bar.
+
+    ``tokenized`` is ``tokenize_by_length(encoder.tokenizer, texts, batch_size)`` when the
+    caller kept it; otherwise each batch is tokenised here.
 
     Yields:
         The positions in ``texts`` of one batch, and their encoding.
     """
-    by_length = sorted(range(len(texts)), key=lambda position: len(texts[position]))
-    for rows in tqdm(
-        list(_batches(by_length, batch_size)),
+    if tokenized is None:
+        by_length = sorted(range(len(texts)), key=lambda position: len(texts[position]))
+        batches: Sequence[tuple[list[int], TokenizedText | None]] = [
+            (rows, None) for rows in _batches(by_length, batch_size)
+        ]
+    else:
+        batches = tokenized
+    for rows, tokens in tqdm(
+        batches,
         desc=description,
         unit="batch",
         disable=not show_progress,
         leave=False,  # during training it would interleave with the trainer's bar
     ):
-        tokens = encoder.tokenizer.documents([texts[row] for row in rows]).to(device)
-        yield rows, encoder.encode_documents(tokens)
+        if tokens is None:
+            tokens = encoder.tokenizer.documents([texts[row] for row in rows])
+        yield rows, encoder.encode_documents(tokens.to(device))
 
 
 def _encode_queries(
@@ -117,6 +186,7 @@ def exact_search(
     batch_size: int = 64,
     device: torch.device | str | None = None,
     show_progress: bool = True,
+    corpus_tokens: TokenizedBatches | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` documents of every query by MaxSim over the whole corpus.
 
@@ -132,6 +202,8 @@ def exact_search(
         batch_size: texts per encoder call, and queries per scoring pass.
         device: where to encode and score; defaults to the encoder's parameters' device.
         show_progress: show a tqdm bar while encoding the corpus.
+        corpus_tokens: the corpus already tokenised by :func:`tokenize_by_length` (same texts,
+            same ``batch_size``); tokenised here when None.
 
     Returns:
         ``(scores, indices)``, both (Q, k) on the CPU, best first; ``indices`` are rows of
@@ -145,10 +217,14 @@ def exact_search(
     device = torch.device(device) if device is not None else encoder_device(encoder)
     similarity = encoder.config.similarity
     k = min(k, len(corpus_texts))
+    if corpus_tokens is not None and sum(len(rows) for rows, _ in corpus_tokens) != len(
+        corpus_texts
+    ):
+        raise ValueError("corpus_tokens must tokenise exactly corpus_texts (tokenize_by_length)")
 
     chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for rows, encoded in _encode_documents_by_length(
-        encoder, corpus_texts, batch_size, device, show_progress, "encoding corpus"
+        encoder, corpus_texts, batch_size, device, show_progress, "encoding corpus", corpus_tokens
     ):
         rows_tensor = torch.tensor(rows, dtype=torch.long, device=device)
         # (D, Ld, dim), (D, Ld), (D,)
@@ -261,6 +337,7 @@ def exact_rankings(
     batch_size: int = 64,
     device: torch.device | str | None = None,
     show_progress: bool = True,
+    corpus_tokens: TokenizedBatches | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
     """:func:`exact_search` with ids: query id -> ``[(doc_id, score), ...]``, best first.
 
@@ -273,6 +350,7 @@ def exact_rankings(
         batch_size: texts per encoder call.
         device: where to run; defaults to the encoder's device.
         show_progress: show a bar while encoding the corpus.
+        corpus_tokens: see :func:`exact_search`.
     """
     query_ids = list(queries)
     scores, indices = exact_search(
@@ -283,6 +361,7 @@ def exact_rankings(
         batch_size=batch_size,
         device=device,
         show_progress=show_progress,
+        corpus_tokens=corpus_tokens,
     )
     return {
         query_id: [

@@ -13,6 +13,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from colbert_lightning.metrics.schedule import EvaluationSchedule
+from colbert_lightning.retrieval.exact import EvaluationPrecision
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class RetrievalEvaluation(pl.Callback):
         mode: ``exact`` full-corpus MaxSim search, or ``rerank`` of the dev set's candidates.
         batch_size: texts per encoder call while evaluating.
         k: depth of the ranking kept per query (Recall@k needs k >= 100 for recall@100).
+        precision: ``32``, ``bf16`` (autocast), or ``auto``: bf16 where the device computes it
+            natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else 32. Independent of
+            the trainer's precision.
     """
 
     def __init__(
@@ -40,15 +44,21 @@ class RetrievalEvaluation(pl.Callback):
         mode: EvaluationMode = "exact",
         batch_size: int = 64,
         k: int = 100,
+        precision: EvaluationPrecision | int = "32",
     ) -> None:
         if mode not in ("exact", "rerank"):
             raise ValueError(f"callbacks.evaluation.mode must be exact or rerank, got {mode!r}")
         if k < 100:
             raise ValueError(f"callbacks.evaluation.k must be >= 100 for recall@100, got {k}")
+        if str(precision) not in ("32", "bf16", "auto"):
+            raise ValueError(
+                f"callbacks.evaluation.precision must be 32, bf16 or auto, got {precision!r}"
+            )
         self.schedule = schedule
         self.mode = mode
         self.batch_size = batch_size
         self.k = k
+        self.precision: EvaluationPrecision = str(precision)  # type: ignore[assignment]
         self.history: list[dict[str, float]] = []
         self._last_step = -1
 
@@ -77,7 +87,9 @@ class RetrievalEvaluation(pl.Callback):
         if dev_set is None:
             return {}
         step = trainer.global_step
-        metrics = pl_module.evaluate_retrieval(dev_set, self.mode, self.batch_size, self.k)
+        metrics = pl_module.evaluate_retrieval(
+            dev_set, self.mode, self.batch_size, self.k, self.precision
+        )
         values = {f"val/{name}": value for name, value in metrics.items()}
         values["trainer/examples_seen"] = float(getattr(pl_module, "examples_seen", 0))
         for logger in trainer.loggers:

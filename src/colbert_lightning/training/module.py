@@ -19,7 +19,14 @@ from colbert_lightning.data.types import TrainingBatch
 from colbert_lightning.losses import in_batch_cross_entropy, nway_cross_entropy
 from colbert_lightning.metrics.retrieval import RetrievalMetrics
 from colbert_lightning.modeling import ColBERT
-from colbert_lightning.retrieval.exact import exact_rankings, rerank
+from colbert_lightning.retrieval.exact import (
+    EvaluationPrecision,
+    TokenizedBatches,
+    exact_rankings,
+    rerank,
+    search_autocast,
+    tokenize_by_length,
+)
 from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,8 @@ class ColBERTModule(pl.LightningModule):
         self.nonfinite_batches = 0  # batches skipped for a non-finite loss
         self._checkpoint_metadata: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
+        # the dev corpus' texts, the batch size, and their tokens (see _dev_rankings)
+        self._dev_tokens: tuple[list[str], int, TokenizedBatches] | None = None
 
     def setup(self, stage: str) -> None:
         """Refuse option combinations that cannot work."""
@@ -195,7 +204,12 @@ class ColBERTModule(pl.LightningModule):
     # ---- evaluation -----------------------------------------------------------------------
 
     def evaluate_retrieval(
-        self, dev_set: DevSet, mode: str = "exact", batch_size: int = 64, k: int = 100
+        self,
+        dev_set: DevSet,
+        mode: str = "exact",
+        batch_size: int = 64,
+        k: int = 100,
+        precision: EvaluationPrecision = "32",
     ) -> dict[str, float]:
         """Retrieval metrics of the current weights on ``dev_set``.
 
@@ -205,39 +219,53 @@ class ColBERTModule(pl.LightningModule):
                 query's candidates.
             batch_size: texts per encoder call.
             k: ranking depth kept per query.
+            precision: ``32`` encodes and scores in float32; ``bf16`` under bfloat16 autocast;
+                ``auto`` is ``bf16`` where the device computes it natively, else ``32``.
 
         Returns:
             ``{"mrr@10": ..., "recall@10": ..., "recall@100": ..., "ndcg@10": ...}``.
         """
         was_training = self.model.training
         self.model.eval()
+        device = next(self.model.parameters()).device
         try:
-            if mode == "exact":
-                rankings = exact_rankings(
-                    self.model,
-                    dev_set.corpus_ids,
-                    dev_set.corpus_texts,
-                    dev_set.queries,
-                    k=k,
-                    batch_size=batch_size,
-                )
-            elif mode == "rerank":
-                if dev_set.candidates is None:
-                    raise ValueError("evaluation mode 'rerank' needs data.dev.candidates")
-                rankings = rerank(
-                    self.model,
-                    dev_set.queries,
-                    dev_set.candidates,
-                    dict(zip(dev_set.corpus_ids, dev_set.corpus_texts, strict=True)),
-                    batch_size=batch_size,
-                )
-            else:
-                raise ValueError(f"evaluation mode must be exact or rerank, got {mode!r}")
+            with search_autocast(device, precision):
+                rankings = self._dev_rankings(dev_set, mode, batch_size, k)
         finally:
             self.model.train(was_training)
         metrics = RetrievalMetrics().to("cpu")
         metrics.update(rankings, dev_set.qrels)
         return {name: float(value) for name, value in metrics.compute().items()}
+
+    def _dev_rankings(
+        self, dev_set: DevSet, mode: str, batch_size: int, k: int
+    ) -> dict[str, list[tuple[str, float]]]:
+        if mode == "exact":
+            # the corpus' tokens do not change between evaluations: tokenise it once
+            cached = self._dev_tokens
+            if cached is None or cached[0] is not dev_set.corpus_texts or cached[1] != batch_size:
+                tokens = tokenize_by_length(self.model.tokenizer, dev_set.corpus_texts, batch_size)
+                self._dev_tokens = cached = (dev_set.corpus_texts, batch_size, tokens)
+            return exact_rankings(
+                self.model,
+                dev_set.corpus_ids,
+                dev_set.corpus_texts,
+                dev_set.queries,
+                k=k,
+                batch_size=batch_size,
+                corpus_tokens=cached[2],
+            )
+        if mode == "rerank":
+            if dev_set.candidates is None:
+                raise ValueError("evaluation mode 'rerank' needs data.dev.candidates")
+            return rerank(
+                self.model,
+                dev_set.queries,
+                dev_set.candidates,
+                dict(zip(dev_set.corpus_ids, dev_set.corpus_texts, strict=True)),
+                batch_size=batch_size,
+            )
+        raise ValueError(f"evaluation mode must be exact or rerank, got {mode!r}")
 
     # ---- checkpoints ----------------------------------------------------------------------
 
