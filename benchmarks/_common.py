@@ -32,25 +32,14 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    """HEAD of the repository, with ``-dirty`` when tracked files differ."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    """HEAD of the repository (12 digits), with ``-dirty`` when tracked files differ."""
+    from colbert_lightning.cli.train import git_commit as full_commit
+
+    commit = full_commit()
+    if commit is None:
         return "unknown"
-    return f"{head}-dirty" if dirty else head
+    head, _, dirty = commit.partition("-")
+    return head[:12] + ("-dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
