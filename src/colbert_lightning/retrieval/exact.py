@@ -59,6 +59,7 @@ class Encoder(Protocol):
 
 
 EvaluationPrecision = Literal["32", "bf16", "auto"]
+EVALUATION_PRECISIONS: tuple[str, ...] = ("32", "bf16", "auto")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -85,7 +86,7 @@ def search_autocast(
     bfloat16 (about 3 significant digits); MaxSim still sums the best matches in float32.
     """
     precision = str(precision)
-    if precision not in ("32", "bf16", "auto"):
+    if precision not in EVALUATION_PRECISIONS:
         raise ValueError(f"precision must be 32, bf16 or auto, got {precision!r}")
     if precision == "32" or (precision == "auto" and not native_bf16(device)):
         return contextlib.nullcontext()

@@ -13,7 +13,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from colbert_lightning.metrics.schedule import EvaluationSchedule
-from colbert_lightning.retrieval.exact import EvaluationPrecision
+from colbert_lightning.retrieval.exact import EVALUATION_PRECISIONS, EvaluationPrecision
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RetrievalEvaluation(pl.Callback):
             raise ValueError(f"callbacks.evaluation.mode must be exact or rerank, got {mode!r}")
         if k < 100:
             raise ValueError(f"callbacks.evaluation.k must be >= 100 for recall@100, got {k}")
-        if str(precision) not in ("32", "bf16", "auto"):
+        if str(precision) not in EVALUATION_PRECISIONS:
             raise ValueError(
                 f"callbacks.evaluation.precision must be 32, bf16 or auto, got {precision!r}"
             )

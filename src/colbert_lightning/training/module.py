@@ -22,6 +22,7 @@ from colbert_lightning.modeling import ColBERT
 from colbert_lightning.retrieval.exact import (
     EvaluationPrecision,
     TokenizedBatches,
+    encoder_device,
     exact_rankings,
     rerank,
     search_autocast,
@@ -227,9 +228,8 @@ class ColBERTModule(pl.LightningModule):
         """
         was_training = self.model.training
         self.model.eval()
-        device = next(self.model.parameters()).device
         try:
-            with search_autocast(device, precision):
+            with search_autocast(encoder_device(self.model), precision):
                 rankings = self._dev_rankings(dev_set, mode, batch_size, k)
         finally:
             self.model.train(was_training)
