@@ -9,7 +9,10 @@ Qrels keep every grade, 0 included; a document is *relevant* to a query when its
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import re
+import unicodedata
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import IO
 from colbert_lightning.data.errors import DataFormatError
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+_NON_WORD = re.compile(r"[\W_]+")
 
 Qrels = dict[str, dict[str, int]]
 """Query id -> document id -> graded relevance (relevant when > 0)."""
@@ -67,6 +71,29 @@ class DevSet:
     queries: dict[str, str]
     qrels: Qrels
     candidates: dict[str, list[str]] | None = None
+
+
+def normalized_text(text: str) -> str:
+    """The form in which two query texts count as the same query.
+
+    Unicode-normalised (NFKC), lower-cased, every run of non-word characters one space.
+
+    Example:
+        >>> normalized_text("  What is  ColBERT?") == normalized_text("what is colbert")
+        True
+    """
+    return " ".join(_NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
+
+
+def text_key(text: str) -> int:
+    """A stable 62-bit key of a string, the same in every process and run (unlike ``hash``).
+
+    Example:
+        >>> text_key("a") == text_key("a") != text_key("b")
+        True
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**62 - 1)
 
 
 def find_beir_file(root: str | Path, stem: str) -> Path:

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from colbert_lightning.data.types import TrainingBatch, TrainingExample
+from collections.abc import Collection, Mapping
+
+import torch
+
+from colbert_lightning.data.beir import normalized_text, text_key
+from colbert_lightning.data.types import NO_KEY, TrainingBatch, TrainingExample
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer
+
+
+def document_key(document_id: str | None, text: str) -> int:
+    """The key that identifies a document in a batch: of its id when known, else of its text."""
+    return text_key(f"id:{document_id}" if document_id is not None else f"text:{text}")
 
 
 class Collator:
     """Tokenises B examples into B queries and B * nway documents, each positive first.
 
-    Documents are ordered ``[pos_0, neg_0_1, ..., pos_1, neg_1_1, ...]``.
+    Documents are ordered ``[pos_0, neg_0_1, ..., pos_1, neg_1_1, ...]``. The batch also carries
+    the keys that let the loss mask false negatives (see ``TrainingBatch``).
 
     Args:
         tokenizer: turns query and document strings into ColBERT's token layout.
+        relevant: query id -> ids of the documents judged relevant to it (the training qrels),
+            or None when only each example's own positive is known to be relevant.
     """
 
-    def __init__(self, tokenizer: ColBERTTokenizer) -> None:
+    def __init__(
+        self, tokenizer: ColBERTTokenizer, relevant: Mapping[str, Collection[str]] | None = None
+    ) -> None:
         self.tokenizer = tokenizer
+        self.relevant = relevant or {}
 
     def __call__(self, examples: list[TrainingExample]) -> TrainingBatch:
         """Collate ``examples``; ``skipped_lines`` is left at 0 for the stream to fill in.
@@ -41,4 +57,27 @@ class Collator:
             queries=self.tokenizer.queries([example.query for example in examples]),
             documents=self.tokenizer.documents(documents),
             nway=nway,
+            query_keys=torch.tensor([text_key(normalized_text(e.query)) for e in examples]),
+            document_keys=torch.tensor(
+                [key for example in examples for key in _document_keys(example)]
+            ),
+            relevant_keys=self._relevant_keys(examples),
         )
+
+    def _relevant_keys(self, examples: list[TrainingExample]) -> torch.Tensor:
+        """(B, R): each example's positive and its query's judged-relevant documents."""
+        rows = []
+        for example in examples:
+            judged = self.relevant.get(example.query_id, ()) if example.query_id else ()
+            own = document_key(example.positive_id, example.positive)
+            rows.append([own, *(document_key(doc_id, "") for doc_id in judged)])
+        width = max(len(row) for row in rows)
+        return torch.tensor([row + [NO_KEY] * (width - len(row)) for row in rows])
+
+
+def _document_keys(example: TrainingExample) -> list[int]:
+    negative_ids = example.negative_ids or (None,) * len(example.negatives)
+    return [
+        document_key(example.positive_id, example.positive),
+        *(document_key(i, text) for i, text in zip(negative_ids, example.negatives, strict=True)),
+    ]

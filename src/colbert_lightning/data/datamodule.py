@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from colbert_lightning.data.beir import DevSet, load_dev_set
+from colbert_lightning.data.beir import DevSet, load_dev_set, load_qrels
 from colbert_lightning.data.collate import Collator
 from colbert_lightning.data.errors import BadLines, OnBadLine
 from colbert_lightning.data.prepare import prepare_triples
@@ -31,12 +31,16 @@ class TrainFiles:
         format: ``jsonl`` (texts), ``colbert_ids``, ``msmarco_ids`` or ``msmarco_text``.
         queries: queries file (BEIR JSONL or ``id<TAB>text``) for the id formats.
         collection: collection file (BEIR JSONL or ``id<TAB>text``) for the id formats.
+        qrels: BEIR qrels TSV of the training queries (``prepare`` writes ``train_qrels.tsv``),
+            for files that name ids: every document it judges relevant to a query is left out
+            of that query's in-batch negatives (``module.mask_false_negatives``).
     """
 
     path: str
     format: str = "jsonl"
     queries: str | None = None
     collection: str | None = None
+    qrels: str | None = None
 
 
 @dataclass
@@ -153,7 +157,7 @@ class ColBERTDataModule(pl.LightningDataModule):
 
     def _input_paths(self) -> list[str]:
         files = self.train_files
-        paths = [files.path, files.queries, files.collection]
+        paths = [files.path, files.queries, files.collection, files.qrels]
         if self.dev_files is not None:
             dev = self.dev_files
             paths += [dev.corpus, dev.queries, dev.qrels, dev.candidates]
@@ -186,9 +190,19 @@ class ColBERTDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world_size,
             batch_size=self.batch_size,
-            collate=Collator(self.tokenizer),
+            collate=Collator(self.tokenizer, self._training_relevance()),
             skip_batches=self.batches_consumed,
         )
+
+    def _training_relevance(self) -> dict[str, list[str]] | None:
+        """Query id -> ids of the documents the training qrels judge relevant (grade > 0)."""
+        if not self.train_files.qrels:
+            return None
+        judged = load_qrels(self.train_files.qrels)
+        return {
+            query_id: [doc_id for doc_id, grade in grades.items() if grade > 0]
+            for query_id, grades in judged.items()
+        }
 
     def _text_store(self, path: str) -> TextStore:
         bad_lines = BadLines(self.on_bad_line)

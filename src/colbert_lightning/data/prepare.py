@@ -28,12 +28,13 @@ from colbert_lightning.data.beir import (
     load_corpus,
     load_qrels,
     load_queries,
+    normalized_text,
     qrels_path,
     write_qrels,
 )
 from colbert_lightning.retrieval.bm25 import STOPWORDS, BM25Retriever
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: queries with the same normalised text share a side
 TRIPLES_FILE = "triples.jsonl"
 TRAIN_QRELS_FILE = "train_qrels.tsv"
 DEV_QRELS_FILE = "dev_qrels.tsv"
@@ -65,14 +66,24 @@ class PrepareResult:
 
 
 def split_dev_queries(
-    query_ids: list[str], dev_queries: int | float, seed: int
+    query_ids: list[str],
+    dev_queries: int | float,
+    seed: int,
+    texts: dict[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Hold out dev queries by a seeded hash of their ids (independent of file order).
+
+    Queries whose texts are the same after :func:`normalized_text` go to the same side: a dev
+    query word for word a training query would measure memory, not retrieval. Groups are
+    ordered by the hash of their first id (so a query without a twin is held out exactly as
+    before grouping) and taken whole, so the dev side can exceed ``dev_queries`` by less than
+    the size of its last group.
 
     Args:
         query_ids: the candidate queries.
         dev_queries: a count, or a fraction of ``query_ids`` when a float below 1.
         seed: changes which queries are held out.
+        texts: query id -> text, to group identical queries; None: every query stands alone.
 
     Returns:
         ``(train_ids, dev_ids)``, each in the order of ``query_ids``.
@@ -81,6 +92,10 @@ def split_dev_queries(
         >>> train, dev = split_dev_queries(["a", "b", "c", "d"], 0.5, seed=0)
         >>> len(dev), sorted(train + dev)
         (2, ['a', 'b', 'c', 'd'])
+        >>> texts = {"a": "Same text", "b": "same  text!", "c": "other", "d": "more"}
+        >>> train, dev = split_dev_queries(["a", "b", "c", "d"], 1, seed=0, texts=texts)
+        >>> ("a" in dev) == ("b" in dev)
+        True
     """
     if isinstance(dev_queries, bool) or not isinstance(dev_queries, (int, float)):
         raise ValueError(f"dev_queries must be an int or a float, got {dev_queries!r}")
@@ -99,7 +114,15 @@ def split_dev_queries(
     def order(query_id: str) -> str:
         return hashlib.sha256(f"{seed}\t{query_id}".encode()).hexdigest()
 
-    held_out = set(sorted(query_ids, key=order)[:dev_count])
+    groups: dict[str, list[str]] = {}
+    for query_id in sorted(query_ids, key=order):
+        key = normalized_text(texts[query_id]) if texts is not None else query_id
+        groups.setdefault(key, []).append(query_id)
+    held_out: set[str] = set()
+    for group in groups.values():  # in the hash order of each group's first member
+        if len(held_out) >= dev_count:
+            break
+        held_out.update(group)
     train = [query_id for query_id in query_ids if query_id not in held_out]
     dev = [query_id for query_id in query_ids if query_id in held_out]
     return train, dev
@@ -232,7 +255,7 @@ def prepare_triples(
     qrels = load_qrels(split_path, query_ids=set(queries), doc_ids=set(corpus.ids))
 
     judged = [query_id for query_id, grades in qrels.items() if any(g > 0 for g in grades.values())]
-    train_ids, dev_ids = split_dev_queries(judged, dev_queries, seed)
+    train_ids, dev_ids = split_dev_queries(judged, dev_queries, seed, texts=queries)
     if not train_ids:
         raise ValueError(
             f"dev_queries={dev_queries!r} holds out all {len(judged)} judged queries of "

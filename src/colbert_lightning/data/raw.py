@@ -196,7 +196,8 @@ def write_training_data(
     text_of = {doc_id: text for text, doc_id in documents.items()}
     query_ids = {query: f"q{number}" for number, query in enumerate(grouped)}
     judged = [query_ids[query] for query, passages in grouped.items() if passages.positives]
-    train_ids, dev_ids = split_dev_queries(judged, dev_queries, seed)
+    texts = {query_id: query for query, query_id in query_ids.items()}
+    train_ids, dev_ids = split_dev_queries(judged, dev_queries, seed, texts=texts)
     if not train_ids:
         raise ValueError(f"dev_queries={dev_queries!r} leaves no query with a positive to train on")
 

@@ -3,7 +3,8 @@
 Each reader parses a single line's bytes, so the streaming dataset can shard a file by line and
 never hold it whole. Formats, by their ``data.train.format`` name:
 
-- ``jsonl``: ``{"query": str, "positive": str, "negatives": [str, ...]}``
+- ``jsonl``: ``{"query": str, "positive": str, "negatives": [str, ...]}``, optionally with the
+  ids ``"qid"``, ``"pid"`` and ``"neg_ids"`` (as ``prepare`` writes them)
 - ``colbert_ids``: colbert-ai's ``[qid, pid_pos, pid_neg, ...]``; an element may be ``[pid, score]``
 - ``msmarco_ids``: ``qid<TAB>pid_pos<TAB>pid_neg``
 - ``msmarco_text``: ``query<TAB>positive<TAB>negative``
@@ -134,8 +135,12 @@ def _example(
     texts: tuple[str, str, list[str]],
     labels: tuple[str, str, list[str]],
     min_negatives: int,
+    ids: tuple[str, str, list[str]] | None = None,
 ) -> TrainingExample:
-    """Check the texts and build the example; ``labels`` name each text in error messages."""
+    """Check the texts and build the example; ``labels`` name each text in error messages.
+
+    ``ids``, when the line names them: the query's, the positive's and the negatives' ids.
+    """
     query, positive, negatives = texts
     query_label, positive_label, negative_labels = labels
     if len(negatives) < min_negatives:
@@ -147,7 +152,16 @@ def _example(
     ):
         if not text.strip():
             raise DataFormatError(path, line_number, f"empty text for the {label}")
-    return TrainingExample(query, positive, tuple(negatives), source=f"{path}:{line_number}")
+    query_id, positive_id, negative_ids = ids if ids is not None else (None, None, None)
+    return TrainingExample(
+        query,
+        positive,
+        tuple(negatives),
+        source=f"{path}:{line_number}",
+        query_id=query_id,
+        positive_id=positive_id,
+        negative_ids=None if negative_ids is None else tuple(negative_ids),
+    )
 
 
 @dataclass
@@ -180,9 +194,32 @@ class JsonlTextReader:
             problem = "field 'negatives' must be a list of strings"
             raise DataFormatError(self.path, line_number, problem)
         labels = ("query", "positive", [f"negative #{i + 1}" for i in range(len(negatives))])
+        ids = self._ids(record, len(negatives), line_number)
         return _example(
-            self.path, line_number, (query, positive, negatives), labels, self.min_negatives
+            self.path, line_number, (query, positive, negatives), labels, self.min_negatives, ids
         )
+
+    def _ids(
+        self, record: dict, negatives: int, line_number: int
+    ) -> tuple[str, str, list[str]] | None:
+        """``qid``, ``pid`` and ``neg_ids`` when the line has them (all three, or none)."""
+        present = [name for name in ("qid", "pid", "neg_ids") if name in record]
+        if not present:
+            return None
+        if len(present) != 3:
+            problem = f"has {', '.join(present)} but not all of 'qid', 'pid' and 'neg_ids'"
+            raise DataFormatError(self.path, line_number, problem)
+        query_id = _id_of(self.path, line_number, record["qid"], "field 'qid'")
+        positive_id = _id_of(self.path, line_number, record["pid"], "field 'pid'")
+        negative_ids = record["neg_ids"]
+        if not isinstance(negative_ids, list) or len(negative_ids) != negatives:
+            problem = f"field 'neg_ids' must be a list of {negatives} ids, one per negative"
+            raise DataFormatError(self.path, line_number, problem)
+        negative_ids = [
+            _id_of(self.path, line_number, value, f"neg_ids element {position + 1}")
+            for position, value in enumerate(negative_ids)
+        ]
+        return query_id, positive_id, negative_ids
 
 
 @dataclass
@@ -265,7 +302,10 @@ def _examples_from_ids(
         f"positive passage {positive_id!r}",
         [f"negative passage {passage_id!r}" for passage_id in negative_ids],
     )
-    return _example(path, line_number, (query, positive, negatives), labels, reader.min_negatives)
+    ids = (query_id, positive_id, negative_ids)
+    return _example(
+        path, line_number, (query, positive, negatives), labels, reader.min_negatives, ids
+    )
 
 
 @dataclass

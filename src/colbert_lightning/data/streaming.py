@@ -167,8 +167,14 @@ class TripleStream(IterableDataset):
                 self.bad_lines.handle(error)
             return None
         chooser = random.Random(f"negatives:{self.seed}:{pass_index}:{line_number}")
-        negatives = tuple(chooser.sample(example.negatives, needed))
-        return dataclasses.replace(example, negatives=negatives)
+        # sampling positions draws exactly what sampling the texts would
+        chosen = chooser.sample(range(len(example.negatives)), needed)
+        negative_ids = example.negative_ids
+        return dataclasses.replace(
+            example,
+            negatives=tuple(example.negatives[i] for i in chosen),
+            negative_ids=None if negative_ids is None else tuple(negative_ids[i] for i in chosen),
+        )
 
     def _batches(self, examples: Iterator[TrainingExample]) -> Iterator[TrainingBatch]:
         assert self.collate is not None

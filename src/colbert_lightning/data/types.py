@@ -18,12 +18,18 @@ class TrainingExample:
         positive: the relevant document's text.
         negatives: texts of non-relevant documents (at least ``nway - 1`` of them).
         source: ``file:line`` the example was read from, for error messages.
+        query_id: the query's id, when the training file names it.
+        positive_id: the positive's document id, when the training file names it.
+        negative_ids: the negatives' document ids (aligned with ``negatives``), when named.
     """
 
     query: str
     positive: str
     negatives: tuple[str, ...]
     source: str = ""
+    query_id: str | None = None
+    positive_id: str | None = None
+    negative_ids: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -36,18 +42,38 @@ class TrainingBatch:
             query ``i`` and row ``i*nway`` is its positive.
         nway: documents per query.
         skipped_lines: bad lines the producing worker skipped since its previous batch.
+        query_keys: (B,) key of each query's normalised text (see ``data.beir.text_key``):
+            equal keys are the same query.
+        document_keys: (B * nway,) key of each document: of its id when the training file
+            names ids, else of its text.
+        relevant_keys: (B, R) keys of the documents known to be relevant to each query (its
+            positive, and every document the training qrels judge relevant to it), padded
+            with ``NO_KEY``. With the two above, this is what masks false in-batch negatives;
+            None for batches built without it.
     """
 
     queries: TokenizedText
     documents: TokenizedText
     nway: int
     skipped_lines: int = 0
+    query_keys: torch.Tensor | None = None
+    document_keys: torch.Tensor | None = None
+    relevant_keys: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
 
     def to(self, device: torch.device | str) -> TrainingBatch:
         """Copy to a device (Lightning calls this through ``transfer_batch_to_device``)."""
+        keys = (self.query_keys, self.document_keys, self.relevant_keys)
         return TrainingBatch(
-            self.queries.to(device), self.documents.to(device), self.nway, self.skipped_lines
+            self.queries.to(device),
+            self.documents.to(device),
+            self.nway,
+            self.skipped_lines,
+            *(None if key is None else key.to(device) for key in keys),
         )
+
+
+NO_KEY = -1
+"""Padding of ``TrainingBatch.relevant_keys``: keys are 62-bit non-negative integers."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,8 +16,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from colbert_lightning.data.beir import DevSet
-from colbert_lightning.data.types import TrainingBatch
-from colbert_lightning.losses import in_batch_cross_entropy, nway_cross_entropy
+from colbert_lightning.data.types import NO_KEY, TrainingBatch
+from colbert_lightning.losses import (
+    false_negative_mask,
+    in_batch_cross_entropy,
+    in_batch_targets,
+    nway_cross_entropy,
+)
 from colbert_lightning.metrics.retrieval import RetrievalMetrics
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.retrieval.exact import (
@@ -36,6 +42,22 @@ OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
 
+@dataclass
+class ContrastiveLoss:
+    """What :meth:`ColBERTModule.contrastive_loss` computes for one batch.
+
+    Attributes:
+        loss: the scalar mean loss.
+        positive_scores: (B,) each query's score for its positive.
+        false_negatives: () documents left out of the softmax as relevant to a query without
+            being its target, summed over the batch's queries (0 when masking is off).
+    """
+
+    loss: torch.Tensor
+    positive_scores: torch.Tensor
+    false_negatives: torch.Tensor
+
+
 class ColBERTModule(pl.LightningModule):
     """Trains a :class:`ColBERT` with cross-entropy over n-way and in-batch documents.
 
@@ -53,6 +75,10 @@ class ColBERTModule(pl.LightningModule):
         gathered_maxsim: score in-batch negatives with :func:`maxsim_gathered` (the same
             scores and gradients up to float rounding, a much cheaper backward pass) instead
             of :func:`maxsim`. Off by default so that recorded runs reproduce bit for bit.
+        mask_false_negatives: leave out of each query's softmax every document known to be
+            relevant to it other than its target: other rows' positives for the same query
+            (same normalised text), and documents the training qrels judge relevant.
+        temperature: scores are divided by it before the softmax (ColBERT uses 1).
     """
 
     def __init__(
@@ -65,6 +91,8 @@ class ColBERTModule(pl.LightningModule):
         weight_decay_exclude: tuple[str, ...] = ("bias", "LayerNorm", "layer_norm"),
         skip_nonfinite: bool = False,
         gathered_maxsim: bool = False,
+        mask_false_negatives: bool = True,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -75,6 +103,10 @@ class ColBERTModule(pl.LightningModule):
         self.weight_decay_exclude = tuple(weight_decay_exclude)
         self.skip_nonfinite = skip_nonfinite
         self.gathered_maxsim = gathered_maxsim
+        if not temperature > 0:
+            raise ValueError(f"module.temperature must be > 0, got {temperature!r}")
+        self.mask_false_negatives = mask_false_negatives
+        self.temperature = float(temperature)
         # Counters, saved in checkpoints. Updated inside training_step, because checkpoint
         # callbacks run before the module's own on_train_batch_end.
         self.examples_seen = 0  # across all processes
@@ -99,33 +131,53 @@ class ColBERTModule(pl.LightningModule):
         """Encode the batch, score it and return the contrastive loss (None: skip the batch)."""
         self.examples_seen += len(batch) * self.trainer.world_size
         self.skipped_lines += batch.skipped_lines
-        loss, own = self.contrastive_loss(batch)
+        result = self.contrastive_loss(batch)
+        loss = result.loss
         if not torch.isfinite(loss):
             return self._nonfinite(loss)
         batch_size = len(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/positive_score", own.mean().detach(), batch_size=batch_size)
+        self.log(
+            "train/positive_score", result.positive_scores.mean().detach(), batch_size=batch_size
+        )
+        false_negatives = result.false_negatives.float() / batch_size
+        self.log("train/false_negatives_per_query", false_negatives, batch_size=batch_size)
         self.log("train/examples_seen", float(self.examples_seen), batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
-    def contrastive_loss(self, batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss and each query's positive score, (B,); no logging, no counters.
+    def contrastive_loss(self, batch: TrainingBatch) -> ContrastiveLoss:
+        """The batch's loss, each query's positive score and the masked false negatives.
 
-        ``training_step`` calls this; ``benchmarks/throughput.py`` times it without a Trainer.
+        No logging, no counters: ``training_step`` calls this; ``benchmarks/throughput.py``
+        times it without a Trainer.
         """
         queries = self.model.encode_queries(batch.queries)  # (B, Lq, dim)
         documents = self.model.encode_documents(batch.documents)  # (B * nway, Ld, dim)
         batch_size, nway = len(batch), batch.nway
         similarity = self.model.config.similarity
+        masking = self.mask_false_negatives and batch.relevant_keys is not None
+        mask = None
         if self.in_batch_negatives:
             doc_embeddings, doc_mask, offset = documents.embeddings, documents.mask, 0
+            document_keys, query_keys = batch.document_keys, batch.query_keys
             if self.gather_across_devices and self.trainer.world_size > 1:
                 doc_embeddings, doc_mask, offset = gather_documents(doc_embeddings, doc_mask)
+                if masking:
+                    document_keys, query_keys = gather_keys(document_keys), gather_keys(query_keys)
             score = maxsim_gathered if self.gathered_maxsim else maxsim
             scores = score(queries.embeddings, queries.mask, doc_embeddings, doc_mask, similarity)
-            loss = in_batch_cross_entropy(scores, nway, offset)  # scores: (B, N)
-            own = scores[torch.arange(batch_size), offset + torch.arange(batch_size) * nway]
+            targets = in_batch_targets(batch_size, nway, offset, scores.device)
+            if masking:
+                # another row asking the same query: its positive is relevant to this one too
+                same_query = batch.query_keys.unsqueeze(1) == query_keys.unsqueeze(0)  # (B, B')
+                positives = document_keys[::nway].unsqueeze(0).expand_as(same_query)  # (B, B')
+                relevant = torch.cat(
+                    [batch.relevant_keys, positives.masked_fill(~same_query, NO_KEY)], dim=1
+                )
+                mask = false_negative_mask(document_keys, relevant, targets)  # (B, N)
+            loss = in_batch_cross_entropy(scores, nway, offset, self.temperature, mask)
+            own = scores[torch.arange(batch_size), targets]
         else:
             doc_length, dim = documents.embeddings.shape[1:]
             scores = maxsim_grouped(
@@ -135,9 +187,14 @@ class ColBERTModule(pl.LightningModule):
                 documents.mask.view(batch_size, nway, doc_length),
                 similarity,
             )  # (B, nway)
-            loss = nway_cross_entropy(scores)
+            if masking:
+                targets = torch.zeros(batch_size, dtype=torch.long, device=scores.device)
+                grouped_keys = batch.document_keys.view(batch_size, nway)
+                mask = false_negative_mask(grouped_keys, batch.relevant_keys, targets)
+            loss = nway_cross_entropy(scores, self.temperature, mask)
             own = scores[:, 0]
-        return loss, own
+        false_negatives = torch.zeros((), device=loss.device) if mask is None else mask.sum()
+        return ContrastiveLoss(loss, own, false_negatives)
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
         step = self.trainer.global_step
@@ -367,3 +424,10 @@ def gather_documents(
     masks = [torch.zeros_like(mask) for _ in range(world_size)]
     dist.all_gather(masks, mask.contiguous())
     return gathered, torch.cat(masks, dim=0), rank * embeddings.shape[0]
+
+
+def gather_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Every process' keys (no gradient), concatenated in rank order along dim 0."""
+    gathered = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, keys.contiguous())
+    return torch.cat(gathered, dim=0)
