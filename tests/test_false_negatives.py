@@ -63,7 +63,7 @@ def _expected_mask(examples, qrels, in_batch: bool) -> np.ndarray:
     for i, example in enumerate(examples):
         relevant = {doc for doc, grade in qrels.get(example.query_id, {}).items() if grade > 0}
         relevant.add(example.positive_id)
-        for k, other in enumerate(examples):
+        for other in examples:
             if normalized_text(other.query) == normalized_text(example.query):
                 relevant.add(other.positive_id)
         candidates = enumerate(columns) if in_batch else enumerate(documents[i])
@@ -108,7 +108,9 @@ def test_loss_leaves_out_relevant_documents_on_cranfield_batches(cranfield, in_b
             queries = model.encode_queries(batch.queries)
             documents = model.encode_documents(batch.documents)
             if in_batch:
-                scores = maxsim(queries.embeddings, queries.mask, documents.embeddings, documents.mask)
+                scores = maxsim(
+                    queries.embeddings, queries.mask, documents.embeddings, documents.mask
+                )
                 targets = np.arange(len(examples)) * 2
             else:
                 b, length, dim = len(examples), *documents.embeddings.shape[1:]
@@ -139,11 +141,15 @@ def _relevance(qrels):
 def test_same_query_text_under_other_ids_is_masked():
     """Rows of one query (two ids, same words) never push each other's positives away."""
     model = ColBERT.from_config(tiny_config(dim=16)).eval()
+    rows = [
+        ("What is lift?", "lift is a force", "shock waves", "1", "d1", "d3"),
+        ("what is LIFT", "wings make lift", "heat flux", "2", "d2", "d4"),
+        ("boundary layers", "viscous flow", "lift is a force", "3", "d5", "d1"),
+    ]
     examples = [
-        TrainingExample("What is lift?", "lift is a force", ("shock waves",), "", "1", "d1", ("d3",)),
-        TrainingExample("what is LIFT", "wings make lift", ("heat flux",), "", "2", "d2", ("d4",)),
-        TrainingExample("boundary layers", "viscous flow", ("lift is a force",), "", "3", "d5", ("d1",)),
-    ]  # fmt: skip
+        TrainingExample(query, positive, (negative,), "", qid, pid, (nid,))
+        for query, positive, negative, qid, pid, nid in rows
+    ]
     batch = Collator(model.tokenizer)(examples)  # no qrels: only texts and own positives
     with torch.no_grad():
         result = _module(model, in_batch=True, mask=True).contrastive_loss(batch)
