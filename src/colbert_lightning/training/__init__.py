@@ -2,6 +2,7 @@
 
 from colbert_lightning.training.callbacks import (
     AtomicCheckpointIO,
+    BestDevCheckpoint,
     PreemptionCheckpoint,
     RetrievalEvaluation,
 )
@@ -10,6 +11,7 @@ from colbert_lightning.training.schedules import warmup_then_decay
 
 __all__ = [
     "AtomicCheckpointIO",
+    "BestDevCheckpoint",
     "ColBERTModule",
     "PreemptionCheckpoint",
     "RetrievalEvaluation",

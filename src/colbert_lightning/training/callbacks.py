@@ -10,6 +10,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from colbert_lightning.metrics.schedule import EvaluationSchedule
@@ -18,6 +19,8 @@ from colbert_lightning.retrieval.exact import EVALUATION_PRECISIONS, EvaluationP
 log = logging.getLogger(__name__)
 
 EvaluationMode = Literal["exact", "rerank"]
+EVALUATED_STEP = "val/step"
+"""``trainer.callback_metrics`` key: the optimiser step the ``val/*`` values were measured at."""
 
 
 class RetrievalEvaluation(pl.Callback):
@@ -25,8 +28,8 @@ class RetrievalEvaluation(pl.Callback):
 
     Metrics (``val/mrr@10``, ``val/recall@10``, ``val/recall@100``, ``val/ndcg@10``) go to every
     logger at the optimiser step they describe, together with ``trainer/examples_seen``, and into
-    ``trainer.callback_metrics`` so that checkpoint callbacks can monitor them. Lightning runs
-    checkpoint callbacks after this one, so a best checkpoint holds the evaluated weights.
+    ``trainer.callback_metrics`` (with ``val/step``, the step they describe) so that
+    :class:`BestDevCheckpoint` can keep the best weights.
 
     Args:
         schedule: which optimiser steps to evaluate at.
@@ -96,6 +99,7 @@ class RetrievalEvaluation(pl.Callback):
             logger.log_metrics(values, step=step)
         for name, value in values.items():
             trainer.callback_metrics[name] = torch.tensor(value)
+        trainer.callback_metrics[EVALUATED_STEP] = torch.tensor(step)
         self.history.append({"step": step, **values})
         self._last_step = step
         shown = "  ".join(f"{name}={value:.4f}" for name, value in metrics.items())
@@ -110,6 +114,46 @@ class RetrievalEvaluation(pl.Callback):
         """Restore the history on resume."""
         self.history = list(state_dict.get("history", []))
         self._last_step = int(state_dict.get("last_step", -1))
+
+
+class BestDevCheckpoint(ModelCheckpoint):
+    """Keeps the checkpoint of the best dev evaluation, holding exactly the weights evaluated.
+
+    A plain ``ModelCheckpoint`` checks its monitor after every batch: the step-0 evaluation
+    (before any update) would be saved after step 1, as ``best-step1.ckpt`` with step 0's score
+    and step 1's weights. This one saves only at the step whose weights :class:`RetrievalEvaluation`
+    just measured (``val/step``), step 0 included, and never on a stale value. It takes
+    ``ModelCheckpoint``'s arguments; ``monitor`` names a ``val/*`` metric.
+    """
+
+    _saved_step: int | None = None  # the step last considered, so that each is saved once
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Step 0: the evaluation callback (which runs before checkpoint callbacks) just ran."""
+        super().on_train_start(trainer, pl_module)
+        self._save_if_just_evaluated(trainer)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """After an optimiser step: save if this step's weights were evaluated and improved."""
+        self._save_if_just_evaluated(trainer)
+
+    def _save_if_just_evaluated(self, trainer: pl.Trainer) -> None:
+        evaluated = trainer.callback_metrics.get(EVALUATED_STEP)
+        step = trainer.global_step
+        if evaluated is None or int(evaluated) != step or trainer.fast_dev_run:
+            return
+        if self._saved_step == step:
+            return
+        self._saved_step = step
+        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = step
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
