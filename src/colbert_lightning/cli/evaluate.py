@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.data import SeenQueries
 from colbert_lightning.data.beir import (
     find_beir_file,
     load_corpus,
@@ -66,17 +67,50 @@ def evaluate_split(
     k: int = 100,
     batch_size: int = 64,
     device: str | None = None,
+    seen: SeenQueries | None = None,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint (its path), a model in memory or BM25 on a BEIR split's qrels.
 
     All go through the same corpus loading, query selection and metric code. A model in memory is
     evaluated on its own device and left in the train/eval mode it came in.
+
+    Queries the model was trained on or chosen with (same normalised text) are left out and
+    counted: ``seen``, or what a training checkpoint recorded. An exported folder records
+    nothing: its result says the overlap is unknown.
+
+    Raises:
+        ConfigError: no such folder, or every query of the split was seen in training or dev.
     """
     if not root or not Path(root).is_dir():
         raise ConfigError(f"data.root={root}: no such BEIR folder")
     corpus = load_corpus(find_beir_file(root, "corpus"))
     all_queries = load_queries(find_beir_file(root, "queries"))
     qrels = load_qrels(qrels_path(root, split), set(all_queries), set(corpus.ids))
+    if seen is None and isinstance(model, str) and Path(model).is_file():
+        checkpoint = torch.load(model, map_location="cpu", weights_only=True, mmap=True)
+        seen = SeenQueries.of_checkpoint(checkpoint)
+    overlap_known = seen is not None or isinstance(model, BM25Config)
+    held_out = [q for q in qrels if seen is None or all_queries[q] not in seen]
+    if not held_out:
+        raise ConfigError(
+            f"all {len(qrels)} queries of split {split!r} under {root} were trained on or "
+            "chose the checkpoint (same text as a training or dev query): none is left to "
+            "test on. Evaluate on a split that training did not draw from (the dev figures "
+            "are in results.json)"
+        )
+    if not overlap_known:
+        log.warning(
+            "%s records no training queries: the %d %s queries may overlap training",
+            model if isinstance(model, str) else "the model",
+            len(qrels),
+            split,
+        )
+    excluded = len(qrels) - len(held_out)
+    if excluded:
+        log.warning(
+            "left out %d of the %d %s queries: seen in training or dev", excluded, len(qrels), split
+        )
+    qrels = {query_id: qrels[query_id] for query_id in held_out}
     queries = {query_id: all_queries[query_id] for query_id in qrels}
     if isinstance(model, BM25Config):
         rankings = BM25Retriever(corpus, k1=model.k1, b=model.b).search(queries, k=k)
@@ -99,16 +133,28 @@ def evaluate_split(
         "root": str(root),
         "split": split,
         "queries": len(queries),
+        # queries of the split left out as seen in training or dev; None: unknown
+        "excluded_queries": excluded if overlap_known else None,
         "documents": len(corpus),
         "metrics": evaluate_rankings(rankings, qrels),
     }
 
 
 def one_line_table(result: dict[str, Any]) -> str:
-    """A markdown header and one row: model, split, queries and the four metrics."""
+    """A markdown header and one row: model, split, queries and the four metrics.
+
+    The queries cell says how many were left out as seen in training or dev, or that the
+    overlap is unknown.
+    """
     header = "| model | split | queries | " + " | ".join(METRICS) + " |"
     cells = " | ".join(f"{result['metrics'][name]:.4f}" for name in METRICS)
-    row = f"| {result['model']} | {result['split']} | {result['queries']} | {cells} |"
+    excluded = result.get("excluded_queries")
+    queries = f"{result['queries']}"
+    if excluded is None:
+        queries += " (overlap with training unknown)"
+    elif excluded:
+        queries += f" ({excluded} seen in training/dev left out)"
+    row = f"| {result['model']} | {result['split']} | {queries} | {cells} |"
     return f"{header}\n{row}"
 
 

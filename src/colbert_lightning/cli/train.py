@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from colbert_lightning.cli.evaluate import evaluate_split, one_line_table
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.cli.validate import ConfigError, check_config
+from colbert_lightning.data import SeenQueries
 from colbert_lightning.modeling import ColBERT, ColBERTConfig
 from colbert_lightning.training import AtomicCheckpointIO, RetrievalEvaluation
 
@@ -53,7 +54,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     test_at_start = None
     if cfg.get("test_split") and not cfg.get("ckpt_path") and trainer.is_global_zero:
-        test_at_start = _evaluate_on_test(cfg, model)
+        datamodule.prepare_data()  # the training queries must exist to be left out of the test
+        test_at_start = _evaluate_on_test(cfg, model, datamodule.seen_queries())
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
@@ -87,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # (trainer.enable_checkpointing=false) the model as training left it
         last = checkpoint_dir / "last.ckpt"
         chosen = results["best_checkpoint"] or (str(last) if last.is_file() else None)
-        results["test"] = _evaluate_on_test(cfg, chosen or model)
+        results["test"] = _evaluate_on_test(cfg, chosen or model, datamodule.seen_queries())
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -105,17 +107,18 @@ def _finish_wandb_runs(trainer: pl.Trainer) -> None:
             logger.experiment.finish()
 
 
-def _evaluate_on_test(cfg: DictConfig, model: ColBERT | str) -> dict[str, Any]:
+def _evaluate_on_test(cfg: DictConfig, model: ColBERT | str, seen: SeenQueries) -> dict[str, Any]:
     """The model (or a checkpoint's) metrics on the ``cfg.test_split`` qrels of data.root.
 
     Training evaluates the untrained model (before the first step) and, at the end, the best
     checkpoint by dev nDCG@10 (else the last, else the final model when no checkpoint is
-    written): the split is never used to choose anything.
+    written): the split is never used to choose anything. Its queries that were trained on
+    or are dev queries (``seen``, by normalised text) are left out and counted.
     """
     what = model if isinstance(model, str) else "the model in memory"
     log.info("evaluating %s on the %s split of %s", what, cfg.test_split, cfg.data.root)
     batch_size = cfg.callbacks.get("evaluation", {}).get("batch_size", 64)
-    result = evaluate_split(model, cfg.data.root, cfg.test_split, batch_size=batch_size)
+    result = evaluate_split(model, cfg.data.root, cfg.test_split, batch_size=batch_size, seen=seen)
     log.info("%s", one_line_table(result))
     return result
 

@@ -1,6 +1,12 @@
 """Reading, preparing, streaming and batching training and evaluation data."""
 
-from colbert_lightning.data.datamodule import ColBERTDataModule, DevFiles, PrepareSpec, TrainFiles
+from colbert_lightning.data.datamodule import (
+    ColBERTDataModule,
+    DevFiles,
+    PrepareSpec,
+    SeenQueries,
+    TrainFiles,
+)
 from colbert_lightning.data.errors import BadLines, DataFormatError
 from colbert_lightning.data.types import TrainingBatch, TrainingExample
 
@@ -10,6 +16,7 @@ __all__ = [
     "DataFormatError",
     "DevFiles",
     "PrepareSpec",
+    "SeenQueries",
     "TrainFiles",
     "TrainingBatch",
     "TrainingExample",

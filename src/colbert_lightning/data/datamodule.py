@@ -7,15 +7,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from colbert_lightning.data.beir import DevSet, load_dev_set, load_qrels
+from colbert_lightning.data.beir import (
+    DevSet,
+    load_dev_set,
+    load_qrels,
+    normalized_text,
+    text_key,
+)
 from colbert_lightning.data.collate import Collator
-from colbert_lightning.data.errors import BadLines, OnBadLine
+from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine
 from colbert_lightning.data.prepare import prepare_triples
-from colbert_lightning.data.readers import make_reader
+from colbert_lightning.data.readers import TripleReader, make_reader, open_binary
 from colbert_lightning.data.streaming import TripleStream
-from colbert_lightning.data.text_store import TextStore
+from colbert_lightning.data.text_store import TextStore, numbered_lines
 from colbert_lightning.data.types import TrainingBatch
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer
 
@@ -89,6 +97,44 @@ class PrepareSpec:
     b: float = 0.4
 
 
+@dataclass(frozen=True)
+class SeenQueries:
+    """The queries a model was trained on or chosen with, as keys of their normalised texts.
+
+    A test query whose :func:`normalized_text` matches one of these measures memory, not
+    retrieval: evaluation leaves it out (see ``evaluate_split``).
+
+    Attributes:
+        train: keys (``text_key(normalized_text(query))``) of the training file's queries.
+        dev: keys of the dev queries, which chose the best checkpoint.
+    """
+
+    train: frozenset[int]
+    dev: frozenset[int]
+
+    def __contains__(self, query: str) -> bool:
+        key = text_key(normalized_text(query))
+        return key in self.train or key in self.dev
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        """Plain tensors, as checkpoints loaded with ``weights_only=True`` take them."""
+        return {
+            "train": torch.tensor(sorted(self.train), dtype=torch.long),
+            "dev": torch.tensor(sorted(self.dev), dtype=torch.long),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> SeenQueries:
+        """Inverse of :meth:`to_state`."""
+        return cls(frozenset(state["train"].tolist()), frozenset(state["dev"].tolist()))
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: dict) -> SeenQueries | None:
+        """The seen queries a training checkpoint recorded, or None (older or exported)."""
+        state = checkpoint.get(ColBERTDataModule.__qualname__, {}).get("seen_queries")
+        return None if state is None else cls.from_state(state)
+
+
 class ColBERTDataModule(pl.LightningDataModule):
     """Streams training examples from disk and serves the dev set.
 
@@ -144,6 +190,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         self.seed = seed
         self.on_bad_line = on_bad_line
         self._dev_set: DevSet | None = None
+        self._seen_queries: SeenQueries | None = None
         self.skipped_store_lines = 0  # bad lines of queries/collection files, when skipping
         self.batches_consumed = 0  # training batches this process handed to the model
 
@@ -154,6 +201,11 @@ class ColBERTDataModule(pl.LightningDataModule):
         missing = [path for path in self._input_paths() if not Path(path).exists()]
         if missing:
             raise FileNotFoundError(f"data files not found: {missing}")
+
+    def setup(self, stage: str) -> None:
+        """Before fitting: read which queries training and dev use (saved with checkpoints)."""
+        if stage == "fit":
+            self.seen_queries()
 
     def _input_paths(self) -> list[str]:
         files = self.train_files
@@ -169,19 +221,9 @@ class ColBERTDataModule(pl.LightningDataModule):
         """The streaming training set for one process of ``world_size``."""
         if self.tokenizer is None:
             raise RuntimeError("ColBERTDataModule needs the model's tokenizer before training")
-        files = self.train_files
-        queries = self._text_store(files.queries) if files.queries else None
-        collection = self._text_store(files.collection) if files.collection else None
-        reader = make_reader(
-            files.format,
-            files.path,
-            queries=queries,
-            collection=collection,
-            min_negatives=self.nway - 1,
-        )
         return TripleStream(
-            path=files.path,
-            reader=reader,
+            path=self.train_files.path,
+            reader=self._reader(),
             nway=self.nway,
             seed=self.seed,
             shuffle_buffer=self.shuffle_buffer,
@@ -193,6 +235,38 @@ class ColBERTDataModule(pl.LightningDataModule):
             collate=Collator(self.tokenizer, self._training_relevance()),
             skip_batches=self.batches_consumed,
         )
+
+    def _reader(self) -> TripleReader:
+        files = self.train_files
+        queries = self._text_store(files.queries) if files.queries else None
+        collection = self._text_store(files.collection) if files.collection else None
+        return make_reader(
+            files.format,
+            files.path,
+            queries=queries,
+            collection=collection,
+            min_negatives=self.nway - 1,
+        )
+
+    def seen_queries(self) -> SeenQueries:
+        """The training file's and the dev set's queries (read once; one pass over the file).
+
+        Lines the stream would reject are left out: they are never trained on.
+        """
+        if self._seen_queries is None:
+            reader, train = self._reader(), set()
+            with open_binary(reader.path) as file:
+                lines = tqdm(numbered_lines(file), desc="training queries", unit=" lines")
+                for line_number, _, line in lines:
+                    try:
+                        train.add(text_key(normalized_text(reader.parse(line, line_number).query)))
+                    except DataFormatError:
+                        continue
+            dev_set = self.dev_set()
+            dev = () if dev_set is None else dev_set.queries.values()
+            dev_keys = frozenset(text_key(normalized_text(query)) for query in dev)
+            self._seen_queries = SeenQueries(frozenset(train), dev_keys)
+        return self._seen_queries
 
     def _training_relevance(self) -> dict[str, list[str]] | None:
         """Query id -> ids of the documents the training qrels judge relevant (grade > 0)."""
@@ -233,13 +307,18 @@ class ColBERTDataModule(pl.LightningDataModule):
             self.batches_consumed += 1
         return batch
 
-    def state_dict(self) -> dict[str, int]:
-        """Saved in every checkpoint: how far into the stream this process has read."""
-        return {"batches_consumed": self.batches_consumed}
+    def state_dict(self) -> dict[str, object]:
+        """Saved in every checkpoint: the stream's position and the queries seen (if read)."""
+        state: dict[str, object] = {"batches_consumed": self.batches_consumed}
+        if self._seen_queries is not None:
+            state["seen_queries"] = self._seen_queries.to_state()
+        return state
 
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
         """On resume, before the dataloader is built: continue the stream where it stopped."""
         self.batches_consumed = int(state_dict["batches_consumed"])
+        if "seen_queries" in state_dict:
+            self._seen_queries = SeenQueries.from_state(state_dict["seen_queries"])
 
     def dev_set(self) -> DevSet | None:
         """The dev corpus, queries and judgments (loaded once)."""
