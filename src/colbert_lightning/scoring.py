@@ -24,7 +24,8 @@ def token_similarity(
         queries: (Q, Lq, dim) query token embeddings.
         documents: (D, Ld, dim) document token embeddings.
         similarity: ``cosine`` is the dot product (embeddings are unit vectors); ``l2`` is the
-            negative squared Euclidean distance.
+            negative squared Euclidean distance, ``2 * cosine - 2`` on unit vectors (so a
+            query's MaxSim under ``l2`` is twice its cosine MaxSim less twice its scored tokens).
 
     Returns:
         (Q, D, Lq, Ld) similarities.

@@ -33,7 +33,10 @@ class ColBERTConfig:
         query_augmentation: pad queries with [MASK] (scored) rather than [PAD] (not scored).
         attend_to_mask_tokens: whether the text attends to the [MASK] padding of queries.
         mask_punctuation: leave punctuation tokens out of document scores.
-        similarity: ``cosine`` (dot product of unit vectors) or ``l2`` (negative squared distance).
+        similarity: ``cosine`` (dot product of unit vectors) or ``l2`` (negative squared
+            distance). Embeddings are unit vectors, so ``l2`` scores ``2 * cosine - 2`` per
+            scored query token: the same rankings, and in training the same as ``cosine`` with
+            ``module.temperature=0.5``.
     """
 
     init: Init = "random"
