@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,23 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comple
         text=True,
         timeout=timeout,
     )
+
+
+def split_cranfield(folder: Path, test_queries: int = 50) -> Path:
+    """Cranfield with its judged queries split in two: ``qrels/train.tsv`` and a held-out
+    ``qrels/test.tsv`` of ``test_queries`` (the shipped folder has only ``test``, from which the
+    default config draws both training and dev queries)."""
+    from colbert_lightning.data.beir import load_qrels, write_qrels
+    from colbert_lightning.resources import resource_path
+
+    source = Path(resource_path("cranfield"))
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    for name in ("corpus.jsonl.gz", "queries.jsonl.gz"):
+        shutil.copy(source / name, folder / name)
+    qrels = load_qrels(source / "qrels" / "test.tsv")
+    held_out = sorted(qrels, key=int)[-test_queries:]
+    write_qrels(folder / "qrels" / "test.tsv", {q: qrels[q] for q in held_out})
+    write_qrels(
+        folder / "qrels" / "train.tsv", {q: g for q, g in qrels.items() if q not in held_out}
+    )
+    return folder

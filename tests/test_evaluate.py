@@ -11,7 +11,7 @@ from colbert_lightning.cli.evaluate import evaluate
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.cli.train import train
 from colbert_lightning.cli.validate import ConfigError
-from tests.helpers import REPO, TINY_OVERRIDES, compose_train
+from tests.helpers import REPO, TINY_OVERRIDES, compose_train, split_cranfield
 
 
 def compose_evaluate(tmp_path, overrides):
@@ -33,11 +33,18 @@ def test_bm25_on_cranfield_matches_the_reference_figures(tmp_path):
 
 
 def test_trained_checkpoint_is_evaluated_with_exact_search(tmp_path):
-    overrides = [*TINY_OVERRIDES, "trainer.max_steps=3", "data.num_workers=0", "data.batch_size=4"]
+    overrides = [
+        *TINY_OVERRIDES,
+        *_held_out(tmp_path),
+        "trainer.max_steps=3",
+        "data.num_workers=0",
+        "data.batch_size=4",
+    ]
     train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    result = evaluate(compose_evaluate(tmp_path / "eval", [f"checkpoint={checkpoint}"]))
-    assert result["model"] == "colbert" and result["queries"] == 225
+    root = f"data.root={tmp_path / 'cranfield'}"
+    result = evaluate(compose_evaluate(tmp_path / "eval", [f"checkpoint={checkpoint}", root]))
+    assert result["model"] == "colbert" and result["queries"] == 50
     assert set(result["metrics"]) == {"mrr@10", "recall@10", "recall@100", "ndcg@10"}
     assert all(0.0 < value <= 1.0 for value in result["metrics"].values())
 
@@ -55,9 +62,16 @@ def test_bad_evaluate_arguments_are_clear(overrides, message, tmp_path):
         evaluate(compose_evaluate(tmp_path, overrides))
 
 
+def _held_out(tmp_path) -> list[str]:
+    """Train and dev from qrels/train.tsv of a split Cranfield; 50 test queries held out."""
+    root = split_cranfield(tmp_path / "cranfield")
+    return [f"data.root={root}", "data.prepare.split=train", "data.prepare.dev_queries=25"]
+
+
 def test_train_evaluates_its_best_checkpoint_on_the_test_split(tmp_path):
     overrides = [
         *TINY_OVERRIDES,
+        *_held_out(tmp_path),
         "trainer.max_steps=4",
         "data.num_workers=0",
         "data.batch_size=4",
@@ -66,20 +80,29 @@ def test_train_evaluates_its_best_checkpoint_on_the_test_split(tmp_path):
     ]
     results = train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
     test = results["test"]
-    assert test["split"] == "test" and test["queries"] == 225
+    assert test["split"] == "test" and test["queries"] == 50 and test["excluded_queries"] == 0
     assert test["checkpoint"] == results["best_checkpoint"]
+    assert results["test_bm25"]["queries"] == 50 and results["test_bm25"]["model"] == "bm25"
     # the same figures as the evaluate command on that checkpoint
-    alone = evaluate(compose_evaluate(tmp_path / "eval", [f"checkpoint={test['checkpoint']}"]))
+    alone = evaluate(
+        compose_evaluate(
+            tmp_path / "eval",
+            [f"checkpoint={test['checkpoint']}", f"data.root={tmp_path / 'cranfield'}"],
+        )
+    )
     assert test["metrics"] == alone["metrics"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test"] == test
     # and the untrained model, evaluated before the first step
     assert results["test_step0"]["checkpoint"] is None
-    assert results["test_step0"]["metrics"] != test["metrics"]
+    # the same weights exactly when step 0 was best on dev
+    same_weights = results["best"]["step"] == 0
+    assert (results["test_step0"]["metrics"] == test["metrics"]) == same_weights
 
 
 def test_test_split_without_checkpoints_evaluates_the_final_model(tmp_path):
     overrides = [
         *TINY_OVERRIDES,
+        *_held_out(tmp_path),
         "trainer.max_steps=2",
         "data.num_workers=0",
         "data.batch_size=4",
@@ -90,7 +113,7 @@ def test_test_split_without_checkpoints_evaluates_the_final_model(tmp_path):
     results = train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert results["best_checkpoint"] is None and results["test"]["checkpoint"] is None
-    assert results["test"]["queries"] == 225
+    assert results["test"]["queries"] == 50
     assert results["test"]["metrics"] != results["test_step0"]["metrics"]
 
 

@@ -21,6 +21,7 @@ from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.cli.validate import ConfigError, check_config
 from colbert_lightning.data import SeenQueries
 from colbert_lightning.modeling import ColBERT, ColBERTConfig
+from colbert_lightning.retrieval.bm25 import BM25Config
 from colbert_lightning.training import AtomicCheckpointIO, RetrievalEvaluation
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # (trainer.enable_checkpointing=false) the model as training left it
         last = checkpoint_dir / "last.ckpt"
         chosen = results["best_checkpoint"] or (str(last) if last.is_file() else None)
-        results["test"] = _evaluate_on_test(cfg, chosen or model, datamodule.seen_queries())
+        seen = datamodule.seen_queries()
+        results["test"] = _evaluate_on_test(cfg, chosen or model, seen)
+        # what a model that cannot learn scores on the very same queries
+        results["test_bm25"] = _evaluate_on_test(cfg, BM25Config(), seen)
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,9 @@ def _finish_wandb_runs(trainer: pl.Trainer) -> None:
             logger.experiment.finish()
 
 
-def _evaluate_on_test(cfg: DictConfig, model: ColBERT | str, seen: SeenQueries) -> dict[str, Any]:
+def _evaluate_on_test(
+    cfg: DictConfig, model: ColBERT | str | BM25Config, seen: SeenQueries
+) -> dict[str, Any]:
     """The model (or a checkpoint's) metrics on the ``cfg.test_split`` qrels of data.root.
 
     Training evaluates the untrained model (before the first step) and, at the end, the best
@@ -115,7 +121,7 @@ def _evaluate_on_test(cfg: DictConfig, model: ColBERT | str, seen: SeenQueries) 
     written): the split is never used to choose anything. Its queries that were trained on
     or are dev queries (``seen``, by normalised text) are left out and counted.
     """
-    what = model if isinstance(model, str) else "the model in memory"
+    what = model if isinstance(model, str) else type(model).__name__
     log.info("evaluating %s on the %s split of %s", what, cfg.test_split, cfg.data.root)
     batch_size = cfg.callbacks.get("evaluation", {}).get("batch_size", 64)
     result = evaluate_split(model, cfg.data.root, cfg.test_split, batch_size=batch_size, seen=seen)
