@@ -53,21 +53,35 @@ def test_training_improves_dev_mrr_over_step_zero(tmp_path, cache_dir):
     assert "val/ndcg@10" in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
 
 
-def test_resume_from_last_checkpoint_continues_the_run(tmp_path, cache_dir):
-    first = train(compose_train(tmp_path / "a", cache_dir, [*FAST, "trainer.max_steps=6"]))
-    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    assert first["steps"] == 6 and last.exists()
+def test_resumed_run_ends_with_the_uninterrupted_runs_weights(tmp_path, cache_dir):
+    # Dropout on, so that the random state must be restored too. The schedule depends on
+    # max_steps, so the interrupted run is the uninterrupted one's checkpoint at step 4.
+    overrides = [
+        *FAST,
+        "model.encoder_config.hidden_dropout_prob=0.1",
+        "trainer.max_steps=8",
+        "callbacks.last_checkpoint.every_n_train_steps=4",
+        "callbacks.last_checkpoint.save_top_k=-1",
+        "+callbacks.last_checkpoint.filename='{step}'",
+    ]
+    straight = train(compose_train(tmp_path / "straight", cache_dir, overrides))
+    midway = tmp_path / "straight" / "checkpoints" / "step=4.ckpt"
+    assert torch.load(midway, weights_only=False)["global_step"] == 4
     resumed = train(
-        compose_train(
-            tmp_path / "b", cache_dir, [*FAST, "trainer.max_steps=10", f"ckpt_path={last}"]
-        )
+        compose_train(tmp_path / "resumed", cache_dir, [*overrides, f"ckpt_path='{midway}'"])
     )
-    assert resumed["steps"] == 10
-    assert resumed["examples_seen"] == 10 * 8
+    assert resumed["steps"] == straight["steps"] == 8
+    assert resumed["examples_seen"] == straight["examples_seen"]
+    expected = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    final = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["state_dict"].keys() == expected["state_dict"].keys()
+    for name, weight in expected["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], weight), name  # bit for bit
     # step-0 metrics travel with the checkpoint, so the resumed run still reports them
-    assert resumed["step0"] == first["step0"]
+    assert resumed["step0"] == straight["step0"]
+    assert resumed["final"] == straight["final"]  # the step-8 evaluation of the same weights
     # and the checkpoint alone rebuilds the model, without the training config
-    model = ColBERT.from_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt").eval()
+    model = ColBERT.from_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt").eval()
     assert model.config.dim == 32
     assert torch.isfinite(model.score_texts(["wing lift"], ["lift of a wing"])).all()
 
@@ -103,15 +117,22 @@ def test_ddp_on_two_cpu_processes(tmp_path, cache_dir):
             "module.gather_across_devices=true",
             *FAST,
             f"paths.cache_dir={cache_dir}",
-            f"hydra.run.dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'ddp'}",
         ],
         cwd=REPO,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["steps"] == 3
     assert results["examples_seen"] == 3 * 8 * 2  # two processes, batch 8 each
     assert results["config"]["trainer"]["devices"] == 2
+    # The processes share the dev evaluation and log what one process would: the step-0
+    # metrics equal a single-process run's, whose initial weights are the same (same seed).
+    single = train(compose_train(tmp_path / "single", cache_dir, [*FAST, "trainer.max_steps=1"]))
+    metrics = [key for key in single["step0"] if key.startswith("val/")]
+    assert len(metrics) == 4
+    for key in metrics:
+        assert abs(results["step0"][key] - single["step0"][key]) <= 1e-6, key
 
 
 def test_wandb_logger_runs_offline(tmp_path, cache_dir, monkeypatch):

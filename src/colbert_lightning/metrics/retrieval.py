@@ -38,15 +38,19 @@ class RetrievalMetrics(MetricCollection):
 
     Args:
         prefix: prepended to every key, for example ``val/``.
+        sync_on_compute: under ``torch.distributed``, merge every process' queries before
+            computing. False when every process already holds the same, complete rankings (the
+            dev evaluation): merging would count each query once per process.
     """
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", sync_on_compute: bool = True) -> None:
+        options = {"empty_target_action": "skip", "sync_on_compute": sync_on_compute}
         super().__init__(
             {
-                "mrr@10": RetrievalMRR(top_k=10, empty_target_action="skip"),
-                "recall@10": RetrievalRecall(top_k=10, empty_target_action="skip"),
-                "recall@100": RetrievalRecall(top_k=100, empty_target_action="skip"),
-                "ndcg@10": RetrievalNormalizedDCG(top_k=10, empty_target_action="skip"),
+                "mrr@10": RetrievalMRR(top_k=10, **options),
+                "recall@10": RetrievalRecall(top_k=10, **options),
+                "recall@100": RetrievalRecall(top_k=100, **options),
+                "ndcg@10": RetrievalNormalizedDCG(top_k=10, **options),
             },
             prefix=prefix,
             # Members see different targets (binary or graded): they must not share state.

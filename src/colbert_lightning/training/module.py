@@ -35,6 +35,12 @@ from colbert_lightning.retrieval.exact import (
     tokenize_by_length,
 )
 from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped
+from colbert_lightning.training.distributed import (
+    all_gather_objects,
+    gather_documents,
+    process_group,
+    rank_and_world_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +120,8 @@ class ColBERTModule(pl.LightningModule):
         self.nonfinite_batches = 0  # batches skipped for a non-finite loss
         self._checkpoint_metadata: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
-        # the dev corpus' texts, the batch size, and their tokens (see _dev_rankings)
-        self._dev_tokens: tuple[list[str], int, TokenizedBatches] | None = None
+        # the dev corpus' texts, (batch size, rank, world size), and its tokens (_dev_rankings)
+        self._dev_tokens: tuple[list[str], tuple[int, ...], TokenizedBatches] | None = None
 
     def setup(self, stage: str) -> None:
         """Refuse option combinations that cannot work."""
@@ -271,6 +277,9 @@ class ColBERTModule(pl.LightningModule):
     ) -> dict[str, float]:
         """Retrieval metrics of the current weights on ``dev_set``.
 
+        Under DDP the processes share the work (see ``_dev_rankings``), so every process must
+        call this, with the same arguments.
+
         Args:
             dev_set: corpus, queries and judgments (and candidates for ``rerank``).
             mode: ``exact`` searches the whole corpus with MaxSim; ``rerank`` scores only each
@@ -281,7 +290,8 @@ class ColBERTModule(pl.LightningModule):
                 ``auto`` is ``bf16`` where the device computes it natively, else ``32``.
 
         Returns:
-            ``{"mrr@10": ..., "recall@10": ..., "recall@100": ..., "ndcg@10": ...}``.
+            ``{"mrr@10": ..., "recall@10": ..., "recall@100": ..., "ndcg@10": ...}``; under DDP
+            every process returns the single-process figures (each does a share of the work).
         """
         was_training = self.model.training
         self.model.eval()
@@ -290,19 +300,33 @@ class ColBERTModule(pl.LightningModule):
                 rankings = self._dev_rankings(dev_set, mode, batch_size, k)
         finally:
             self.model.train(was_training)
-        metrics = RetrievalMetrics().to("cpu")
+        # every process holds the same, complete rankings: merging them would count each query
+        # once per process
+        metrics = RetrievalMetrics(sync_on_compute=False).to("cpu")
         metrics.update(rankings, dev_set.qrels)
         return {name: float(value) for name, value in metrics.compute().items()}
 
     def _dev_rankings(
         self, dev_set: DevSet, mode: str, batch_size: int, k: int
     ) -> dict[str, list[tuple[str, float]]]:
+        """Every dev query's ranking; under DDP each process does a share and all get them all.
+
+        ``exact``: each process encodes and scores every world_size-th batch of the corpus;
+        ``rerank``: each ranks every world_size-th batch of queries (see ``exact_search`` and
+        ``rerank``). Either way the rankings equal a single process', ties included.
+        """
+        group = process_group()  # None in a single process
+        show_progress = group is None or group.rank == 0
         if mode == "exact":
-            # the corpus' tokens do not change between evaluations: tokenise it once
+            # the corpus' tokens (this process' share) do not change between evaluations:
+            # tokenise them once
+            key = (batch_size, *((0, 1) if group is None else (group.rank, group.world_size)))
             cached = self._dev_tokens
-            if cached is None or cached[0] is not dev_set.corpus_texts or cached[1] != batch_size:
-                tokens = tokenize_by_length(self.model.tokenizer, dev_set.corpus_texts, batch_size)
-                self._dev_tokens = cached = (dev_set.corpus_texts, batch_size, tokens)
+            if cached is None or cached[0] is not dev_set.corpus_texts or cached[1] != key:
+                tokens = tokenize_by_length(
+                    self.model.tokenizer, dev_set.corpus_texts, batch_size, group
+                )
+                self._dev_tokens = cached = (dev_set.corpus_texts, key, tokens)
             return exact_rankings(
                 self.model,
                 dev_set.corpus_ids,
@@ -310,7 +334,9 @@ class ColBERTModule(pl.LightningModule):
                 dev_set.queries,
                 k=k,
                 batch_size=batch_size,
+                show_progress=show_progress,
                 corpus_tokens=cached[2],
+                group=group,
             )
         if mode == "rerank":
             if dev_set.candidates is None:
@@ -321,13 +347,19 @@ class ColBERTModule(pl.LightningModule):
                 dev_set.candidates,
                 dict(zip(dev_set.corpus_ids, dev_set.corpus_texts, strict=True)),
                 batch_size=batch_size,
+                show_progress=show_progress,
+                group=group,
             )
         raise ValueError(f"evaluation mode must be exact or rerank, got {mode!r}")
 
     # ---- checkpoints ----------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what rebuilds the model offline, the run's counters and the random state."""
+        """Store what rebuilds the model offline, the run's counters and the random states.
+
+        Lightning calls this on every process and writes the checkpoint from rank 0: the
+        random states of all processes are gathered into it, a list indexed by rank.
+        """
         if self._checkpoint_metadata is None:
             self._checkpoint_metadata = self.model.checkpoint_metadata()
         checkpoint["colbert"] = self._checkpoint_metadata
@@ -336,15 +368,15 @@ class ColBERTModule(pl.LightningModule):
             "skipped_lines": self.skipped_lines,
             "nonfinite_batches": self.nonfinite_batches,
         }
-        checkpoint["colbert_rng"] = _get_rng_states()
+        checkpoint["colbert_rng"] = all_gather_objects(_get_rng_states())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the counters; the random state is restored when training resumes."""
+        """Restore the counters; this process' random state is restored when training resumes."""
         counters = checkpoint.get("colbert_counters", {})
         self.examples_seen = int(counters.get("examples_seen", 0))
         self.skipped_lines = int(counters.get("skipped_lines", 0))
         self.nonfinite_batches = int(counters.get("nonfinite_batches", 0))
-        self._rng_to_restore = checkpoint.get("colbert_rng")
+        self._rng_to_restore = _rng_states_of_this_process(checkpoint.get("colbert_rng"))
 
 
 def _get_rng_states() -> dict[str, Any]:
@@ -360,6 +392,39 @@ def _get_rng_states() -> dict[str, Any]:
     return states
 
 
+def _rng_states_of_this_process(
+    saved: list[dict[str, Any]] | dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """This process' random states from a checkpoint's ``colbert_rng`` (None: nothing saved).
+
+    Checkpoints hold one entry per process, indexed by rank. Older checkpoints hold a single
+    entry, the writing process' (rank 0's). When the number of processes differs from the
+    run that wrote the checkpoint, there is no state of this process to restore: every process
+    takes rank 0's, and a warning says so.
+    """
+    if saved is None:
+        return None
+    rank, world_size = rank_and_world_size()
+    if isinstance(saved, dict):
+        if world_size > 1 and rank == 0:
+            log.warning(
+                "the checkpoint holds one random state (an older format, written by rank 0): "
+                "all %d processes resume with it",
+                world_size,
+            )
+        return saved
+    if len(saved) != world_size:
+        if rank == 0:
+            log.warning(
+                "the checkpoint holds the random states of %d processes, this run has %d: "
+                "every process resumes with rank 0's",
+                len(saved),
+                world_size,
+            )
+        return saved[0]
+    return saved[rank]
+
+
 def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
@@ -369,61 +434,6 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     )
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class _AllGatherWithGradient(torch.autograd.Function):
-    """Concatenate every process' tensor along dim 0; gradients go back to their owners.
-
-    The backward pass sums, over processes, each one's gradient for the gathered tensor and
-    keeps this process' rows. (With torch 2.13 over gloo,
-    ``torch.distributed.nn.functional.all_gather`` returned wrong gradients to one of two
-    processes in ``tests/test_distributed.py``; this function passes that test.)
-    """
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
-        world_size = dist.get_world_size()
-        gathered = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(gathered, tensor.contiguous())
-        ctx.rows = tensor.shape[0]
-        return torch.cat(gathered, dim=0)
-
-    @staticmethod
-    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
-        gradient = gradient.contiguous()
-        dist.all_reduce(gradient, op=dist.ReduceOp.SUM)
-        start = dist.get_rank() * ctx.rows
-        return gradient[start : start + ctx.rows]
-
-
-def gather_documents(
-    embeddings: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """All processes' document embeddings, with gradients flowing back to their owners.
-
-    Documents are padded to the longest length across processes before gathering. With DDP
-    averaging gradients over processes, the result equals single-process training on the
-    concatenated batch (``tests/test_distributed.py`` checks this).
-
-    Args:
-        embeddings: (N, L, dim) this process' document embeddings.
-        mask: (N, L) their scored-token mask.
-
-    Returns:
-        (world * N, L_max, dim) embeddings, (world * N, L_max) mask, and the row of this
-        process' first document.
-    """
-    world_size, rank = dist.get_world_size(), dist.get_rank()
-    length = torch.tensor([embeddings.shape[1]], device=embeddings.device)
-    lengths = [torch.zeros_like(length) for _ in range(world_size)]
-    dist.all_gather(lengths, length)
-    pad = int(max(lengths).item()) - embeddings.shape[1]
-    embeddings = torch.nn.functional.pad(embeddings, (0, 0, 0, pad))  # (N, L_max, dim)
-    mask = torch.nn.functional.pad(mask, (0, pad), value=False)  # (N, L_max)
-    gathered = _AllGatherWithGradient.apply(embeddings)
-    masks = [torch.zeros_like(mask) for _ in range(world_size)]
-    dist.all_gather(masks, mask.contiguous())
-    return gathered, torch.cat(masks, dim=0), rank * embeddings.shape[0]
 
 
 def gather_keys(keys: torch.Tensor) -> torch.Tensor:
