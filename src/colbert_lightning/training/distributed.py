@@ -111,3 +111,10 @@ def gather_documents(
     masks = [torch.zeros_like(mask) for _ in range(world_size)]
     dist.all_gather(masks, mask.contiguous())
     return gathered, torch.cat(masks, dim=0), rank * embeddings.shape[0]
+
+
+def gather_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Every process' keys (no gradient), concatenated in rank order along dim 0."""
+    gathered = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, keys.contiguous())
+    return torch.cat(gathered, dim=0)

@@ -11,7 +11,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -38,6 +37,7 @@ from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped
 from colbert_lightning.training.distributed import (
     all_gather_objects,
     gather_documents,
+    gather_keys,
     process_group,
     rank_and_world_size,
 )
@@ -434,10 +434,3 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     )
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def gather_keys(keys: torch.Tensor) -> torch.Tensor:
-    """Every process' keys (no gradient), concatenated in rank order along dim 0."""
-    gathered = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, keys.contiguous())
-    return torch.cat(gathered, dim=0)
