@@ -18,6 +18,7 @@ from colbert_lightning.retrieval.exact import (
     tokenize_by_length,
 )
 from colbert_lightning.scoring import maxsim
+from tests.reference import naive_ranking, naive_retrieval_metrics
 
 CORPUS = [
     "the wing in a propeller slipstream",
@@ -189,6 +190,7 @@ def test_bf16_scores_are_summed_in_float32() -> None:
 def test_dev_evaluation_tokenises_the_corpus_once(tiny_model, monkeypatch) -> None:
     from colbert_lightning.data.beir import DevSet
     from colbert_lightning.training import ColBERTModule
+    from colbert_lightning.training import module as module_code
 
     module = ColBERTModule(tiny_model, optimizer=torch.optim.AdamW, scheduler=None)
     dev_set = DevSet(
@@ -210,5 +212,32 @@ def test_dev_evaluation_tokenises_the_corpus_once(tiny_model, monkeypatch) -> No
     assert sum(tokenized) == len(CORPUS)  # the second evaluation reused the tokens
     module.evaluate_retrieval(dev_set, batch_size=3)  # another batching: tokenised again
     assert sum(tokenized) == 2 * len(CORPUS)
+    # float32: the figures of a plain sort of every document's MaxSim, by the textbook formulas
+    scores = tiny_model.score_texts(QUERIES, CORPUS)  # (4, 10)
+    plain = {
+        query_id: naive_ranking(scores[row].tolist(), dev_set.corpus_ids)
+        for row, query_id in enumerate(dev_set.queries)
+    }
+    assert first == pytest.approx(naive_retrieval_metrics(plain, dev_set.qrels), abs=1e-6)
+    # bf16 may swap near-ties, so its own ranking is checked: the textbook figures of it, every
+    # document once, best first, each score the bf16 MaxSim of its document
+    rankings = []
+    real_exact_rankings = module_code.exact_rankings
+    monkeypatch.setattr(
+        module_code,
+        "exact_rankings",
+        lambda *args, **kwargs: (
+            rankings.append(real_exact_rankings(*args, **kwargs)) or rankings[-1]
+        ),
+    )
     bf16 = module.evaluate_retrieval(dev_set, batch_size=3, precision="bf16")
-    assert set(bf16) == set(first) and all(0.0 <= value <= 1.0 for value in bf16.values())
+    assert bf16 == pytest.approx(naive_retrieval_metrics(rankings[-1], dev_set.qrels), abs=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_scores = tiny_model.score_texts(QUERIES, CORPUS).float()
+    for row, query_id in enumerate(dev_set.queries):
+        ranking = rankings[-1][query_id]
+        assert sorted(doc_id for doc_id, _ in ranking) == sorted(dev_set.corpus_ids)
+        ranked_scores = [score for _, score in ranking]
+        assert ranked_scores == sorted(ranked_scores, reverse=True)
+        expected = [bf16_scores[row, int(doc_id[1:])].item() for doc_id, _ in ranking]
+        assert ranked_scores == pytest.approx(expected, abs=2**-4)  # 16 query tokens x 2^-8

@@ -144,3 +144,43 @@ def test_bad_model_config_names_the_key(overrides, message):
 def test_hub_name_loads_bert_base_uncased():
     model = ColBERT.from_config(ColBERTConfig(init="pretrained", name_or_path="bert-base-uncased"))
     assert sum(model.init_summary.loaded.values()) > 100_000_000
+
+
+QUERIES = ["what is lift", "boundary layer transition"]
+DOCUMENTS = ["lift is a force on a wing", "drag", "transition of the boundary layer at mach 2"]
+
+
+def _model_with_dropout() -> ColBERT:
+    """A tiny model whose dropout, if left on, changes every score on every call."""
+    encoder = {**tiny_config().encoder_config, "hidden_dropout_prob": 0.3}
+    encoder["attention_probs_dropout_prob"] = 0.3
+    torch.manual_seed(0)
+    return ColBERT.from_config(tiny_config(encoder_config=encoder))
+
+
+def test_score_texts_is_deterministic_on_a_model_in_train_mode():
+    model = _model_with_dropout()
+    assert model.training  # fresh from from_config, as training gets it
+    first = model.score_texts(QUERIES, DOCUMENTS)
+    assert model.training  # the caller's mode is restored
+    assert torch.equal(model.score_texts(QUERIES, DOCUMENTS), first)
+    model.eval()
+    assert torch.equal(model.score_texts(QUERIES, DOCUMENTS), first)
+    assert not model.training
+    assert not first.requires_grad and first.is_inference()
+
+
+def test_load_returns_a_model_in_eval_mode(tmp_path):
+    from colbert_lightning.modeling.interop import write_folder
+
+    model = _model_with_dropout()
+    checkpoint = tmp_path / "model.ckpt"
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"colbert": model.checkpoint_metadata(), "state_dict": state}, checkpoint)
+    write_folder(model.eval(), tmp_path / "hf", "hf")
+    expected = model.score_texts(QUERIES, DOCUMENTS)
+    for source in (checkpoint, tmp_path / "hf"):
+        loaded = ColBERT.load(source)
+        assert not any(module.training for module in loaded.modules()), source
+        # the scores a user gets straight from load are the model's dropout-free scores
+        torch.testing.assert_close(loaded.score_texts(QUERIES, DOCUMENTS), expected)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from colbert_lightning.cli.evaluate import evaluate_split, one_line_table
 from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.cli.threads import fix_intra_op_threads
 from colbert_lightning.cli.validate import ConfigError, check_config
 from colbert_lightning.data import SeenQueries
 from colbert_lightning.modeling import ColBERT, ColBERTConfig
@@ -35,6 +36,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    # the weights depend on how many threads share each sum: one count, whatever the load
+    threads = fix_intra_op_threads(cfg.get("cpu_threads"))
+    log.info("%d CPU intra-op threads, fixed for the run", threads)
     # Data first: a wrong path or value fails before any model weight is built or loaded.
     datamodule = instantiate(cfg.data)
     model_config = instantiate(cfg.model)
@@ -80,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best": max(history, key=lambda row: row.get("val/ndcg@10", float("-inf")), default=None),
         "best_checkpoint": _best_checkpoint(trainer),
         "init": model.init_summary.to_dict(),
+        "cpu_threads": threads,
         "git_commit": commit,
         "config": resolved,
     }

@@ -1,6 +1,6 @@
 """The ColBERT model: config, tokenisation and the encoder + projection module."""
 
-from colbert_lightning.modeling.colbert import ColBERT, InitSummary, TokenEmbeddings
+from colbert_lightning.modeling.colbert import ColBERT, InitSummary, TokenEmbeddings, inference
 from colbert_lightning.modeling.config import ColBERTConfig
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText
 
@@ -11,4 +11,5 @@ __all__ = [
     "InitSummary",
     "TokenEmbeddings",
     "TokenizedText",
+    "inference",
 ]

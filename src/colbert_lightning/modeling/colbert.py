@@ -6,10 +6,12 @@ unit-length token embeddings and says which of them are scored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +70,37 @@ class InitSummary:
         return {"source": self.source, "loaded": self.loaded, "random": self.random}
 
 
+@contextlib.contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` for inference: eval mode and ``torch.inference_mode`` inside the block.
+
+    A model handed over in train mode would otherwise encode with dropout, and give different
+    scores on every call. The caller's train/eval mode is restored on leaving, so a model in the
+    middle of training can be scored and then train on as before.
+
+    Example:
+        >>> layer = nn.Dropout(0.5)
+        >>> with inference(layer):
+        ...     layer.training, torch.is_inference_mode_enabled()
+        (False, True)
+        >>> layer.training
+        True
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 class ColBERT(nn.Module):
     """Late-interaction retriever: ``normalize(encoder(tokens) @ W.T)`` per token.
 
-    Build one with :meth:`from_config` (fresh, from a ColBERTConfig) or :meth:`from_checkpoint`.
+    Build one with :meth:`from_config` (fresh, in train mode) or :meth:`load` (trained weights, in
+    eval mode). :meth:`encode_queries`, :meth:`encode_documents` and :meth:`score` keep whatever
+    mode the model is in (training calls them); :meth:`score_texts` always runs in eval mode.
 
     Args:
         config: the model's hyper-parameters.
@@ -149,13 +178,18 @@ class ColBERT(nn.Module):
             self.config.similarity,
         )
 
-    @torch.inference_mode()
     def score_texts(self, queries: list[str], documents: list[str]) -> torch.Tensor:
-        """Convenience: MaxSim scores, (Q, D), of query strings against document strings."""
+        """MaxSim scores, (Q, D), of query strings against document strings.
+
+        Runs under :func:`inference` (no dropout, no autograd), whatever mode the model is in.
+        """
         device = self.linear.weight.device
-        encoded_queries = self.encode_queries(self.tokenizer.queries(queries).to(device))
-        encoded_documents = self.encode_documents(self.tokenizer.documents(documents).to(device))
-        return self.score(encoded_queries, encoded_documents)
+        with inference(self):
+            encoded_queries = self.encode_queries(self.tokenizer.queries(queries).to(device))
+            encoded_documents = self.encode_documents(
+                self.tokenizer.documents(documents).to(device)
+            )
+            return self.score(encoded_queries, encoded_documents)
 
     # ---- persistence ----------------------------------------------------------------------
 
@@ -187,7 +221,10 @@ class ColBERT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str = "cpu") -> ColBERT:
-        """Load a model from a Lightning checkpoint written by training, without its config."""
+        """Load a model from a Lightning checkpoint written by training, without its config.
+
+        The model comes back in eval mode, ready to encode; call ``.train()`` to train it on.
+        """
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         if "colbert" not in checkpoint:
             raise ValueError(f"{path} is not a colbert-lightning checkpoint (no 'colbert' entry)")
@@ -199,13 +236,14 @@ class ColBERT(nn.Module):
             if key.startswith(prefix)
         }
         model.load_state_dict(state)
-        return model
+        return model.eval()
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> ColBERT:
         """Load a training checkpoint (``.ckpt``) or a colbert-ai, PyLate or ``hf`` folder.
 
-        See :mod:`colbert_lightning.modeling.interop` for the folder layouts.
+        See :mod:`colbert_lightning.modeling.interop` for the folder layouts. The model comes
+        back in eval mode (no dropout), ready to encode; call ``.train()`` to train it on.
         """
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such checkpoint or model folder")
@@ -214,7 +252,7 @@ class ColBERT(nn.Module):
         contents = read_folder(path)
         model = cls.from_metadata(contents.metadata)
         model.load_state_dict(contents.state_dict)
-        return model.to(map_location)
+        return model.to(map_location).eval()
 
 
 def _encoder_config(config: ColBERTConfig, vocab_size: int) -> PretrainedConfig:

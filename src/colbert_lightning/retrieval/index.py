@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from colbert_lightning.modeling import ColBERT
+from colbert_lightning.modeling import ColBERT, inference
 from colbert_lightning.retrieval.exact import (
     _encode_documents_by_length,
     _encode_queries,
@@ -107,7 +107,6 @@ def default_nlist(tokens: int) -> int:
     return 2 ** max(0, round(math.log2(4 * math.sqrt(max(tokens, 1)))))
 
 
-@torch.inference_mode()
 def build_index(
     model: ColBERT,
     doc_ids: list[str],
@@ -124,7 +123,7 @@ def build_index(
     """Encode ``texts`` to fp16 token embeddings on disk and build the IVF index over them.
 
     Args:
-        model: the ColBERT (put in eval mode by the caller); encodes on its own device.
+        model: the ColBERT; encodes on its own device, in eval mode (its mode is restored).
         doc_ids: document ids, aligned with ``texts``, unique.
         texts: document texts.
         folder: where the index files go (created; existing index files are replaced).
@@ -158,7 +157,7 @@ def build_index(
     lengths = np.zeros(len(texts), dtype=np.int64)
     token_docs: list[np.ndarray] = []
     written = 0
-    with open(folder / EMBEDDINGS, "wb") as output:
+    with open(folder / EMBEDDINGS, "wb") as output, inference(model):
         for rows, encoded in _encode_documents_by_length(
             model, texts, batch_size, device, show_progress, "encoding documents"
         ):
@@ -346,7 +345,11 @@ class Retriever:
     # ---- steps ----------------------------------------------------------------------------
 
     def _encode(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings, mask = _encode_queries(self.model, list(queries), encoder_device(self.model))
+        # the model may have been handed over in train mode: search never encodes with dropout
+        with inference(self.model):
+            embeddings, mask = _encode_queries(
+                self.model, list(queries), encoder_device(self.model)
+            )
         return embeddings.float().cpu(), mask.bool().cpu()  # (Qb, Lq, dim), (Qb, Lq)
 
     def _approximate_top(self, token_ids: np.ndarray, similarities: np.ndarray) -> np.ndarray:
@@ -458,7 +461,7 @@ def rerank(
     """Score ``documents`` against ``query`` with exact MaxSim and sort them; no index needed.
 
     Args:
-        model: the ColBERT (put in eval mode by the caller).
+        model: the ColBERT; encodes in eval mode (its own mode is restored).
         query: the query text.
         documents: the texts to order.
         k: keep the best ``k`` (default: all).
@@ -472,15 +475,20 @@ def rerank(
     if not documents:
         return []
     device = encoder_device(model)
-    query_embeddings, query_mask = _encode_queries(model, [query], device)
     scores = torch.empty(len(documents))
-    for rows, encoded in _encode_documents_by_length(
-        model, list(documents), batch_size, device, False, "reranking"
-    ):
-        batch_scores = maxsim(
-            query_embeddings, query_mask, encoded.embeddings, encoded.mask, model.config.similarity
-        )  # (1, B)
-        scores[torch.tensor(rows)] = batch_scores[0].float().cpu()
+    with inference(model):
+        query_embeddings, query_mask = _encode_queries(model, [query], device)
+        for rows, encoded in _encode_documents_by_length(
+            model, list(documents), batch_size, device, False, "reranking"
+        ):
+            batch_scores = maxsim(
+                query_embeddings,
+                query_mask,
+                encoded.embeddings,
+                encoded.mask,
+                model.config.similarity,
+            )  # (1, B)
+            scores[torch.tensor(rows)] = batch_scores[0].float().cpu()
     order = torch.argsort(scores, descending=True, stable=True)[: k or len(documents)].tolist()
     return [
         RerankedDocument(position, documents[position], scores[position].item(), rank)
