@@ -241,3 +241,35 @@ def test_dev_evaluation_tokenises_the_corpus_once(tiny_model, monkeypatch) -> No
         assert ranked_scores == sorted(ranked_scores, reverse=True)
         expected = [bf16_scores[row, int(doc_id[1:])].item() for doc_id, _ in ranking]
         assert ranked_scores == pytest.approx(expected, abs=2**-4)  # 16 query tokens x 2^-8
+
+
+def test_exact_search_and_rerank_run_a_training_model_without_dropout() -> None:
+    from colbert_lightning.modeling import ColBERT
+    from colbert_lightning.retrieval.exact import exact_rankings, rerank
+    from tests.conftest import TINY_ENCODER, tiny_config
+
+    encoder = {**TINY_ENCODER, "hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.3}
+    torch.manual_seed(0)
+    model = ColBERT.from_config(tiny_config(encoder_config=encoder)).train()
+    ids = [f"d{i}" for i in range(6)]
+    texts = ["lift on wings", "shock waves", "heat flux", "boundary layer", "drag", "flutter"]
+    queries = {"q1": "wing lift", "q2": "heat transfer at walls"}
+    first = exact_rankings(model, ids, texts, queries, k=6, show_progress=False)
+    second = exact_rankings(model, ids, texts, queries, k=6, show_progress=False)
+    assert model.training  # handed back in the mode it came in
+    model.eval()
+    with torch.no_grad():
+        expected = {
+            query_id: model.score_texts([text], texts)[0].tolist()
+            for query_id, text in queries.items()
+        }
+    assert first == second
+    for query_id, ranking in first.items():
+        for doc_id, score in ranking:
+            assert score == pytest.approx(expected[query_id][ids.index(doc_id)], abs=1e-4)
+    model.train()
+    candidates = {query_id: ids for query_id in queries}
+    documents = dict(zip(ids, texts, strict=True))
+    reranked = rerank(model, queries, candidates, documents, show_progress=False)
+    assert reranked == rerank(model, queries, candidates, documents, show_progress=False)
+    assert model.training

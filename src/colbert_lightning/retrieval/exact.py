@@ -1,7 +1,7 @@
 """Exhaustive MaxSim search over a small corpus, and reranking of given candidates.
 
-Both encode with whatever weights the encoder has; putting it in eval mode is the caller's job.
-Everything runs under ``torch.inference_mode``.
+Both run a torch-module encoder in eval mode (dropout off) under ``torch.inference_mode``, and
+leave it in the mode it came in.
 
 Both can split their work over several processes (a :class:`ProcessGroup`, for the dev evaluation
 under DDP) and still return, on every process, exactly what one process would return.
@@ -10,15 +10,20 @@ under DDP) and still return, on every process, exactly what one process would re
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, Protocol
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
+from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from colbert_lightning.modeling.colbert import inference
 from colbert_lightning.modeling.tokenization import TokenizedText
 from colbert_lightning.scoring import maxsim
+
+Result = TypeVar("Result")
 
 
 class EncodedTokens(Protocol):
@@ -82,6 +87,22 @@ class ProcessGroup(Protocol):
 
 EvaluationPrecision = Literal["32", "bf16", "auto"]
 EVALUATION_PRECISIONS: tuple[str, ...] = ("32", "bf16", "auto")
+
+
+def _for_inference(function: Callable[..., Result]) -> Callable[..., Result]:
+    """Run ``function(encoder, ...)`` in eval and inference mode, restoring the encoder's mode.
+
+    A model handed over in train mode would encode with dropout: noisy scores. Encoders that
+    are not torch modules (test doubles) only get inference mode.
+    """
+
+    @functools.wraps(function)
+    def wrapper(encoder: Encoder, *args: Any, **kwargs: Any) -> Result:
+        scope = inference(encoder) if isinstance(encoder, nn.Module) else torch.inference_mode()
+        with scope:
+            return function(encoder, *args, **kwargs)
+
+    return wrapper
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -298,7 +319,7 @@ def _chunk_scores(
         yield rows, scores.to(query_embeddings.device)
 
 
-@torch.inference_mode()
+@_for_inference
 def exact_search(
     encoder: Encoder,
     corpus_texts: list[str],
@@ -395,7 +416,7 @@ def exact_search(
     return torch.cat(all_scores), torch.cat(all_indices)
 
 
-@torch.inference_mode()
+@_for_inference
 def rerank(
     encoder: Encoder,
     queries: Mapping[str, str],
@@ -519,7 +540,7 @@ def exact_rankings(
     """:func:`exact_search` with ids: query id -> ``[(doc_id, score), ...]``, best first.
 
     Args:
-        encoder: the model (in eval mode; the caller's job).
+        encoder: the model (run in eval mode, whatever mode it is in).
         corpus_ids: document ids, aligned with ``corpus_texts``.
         corpus_texts: document texts.
         queries: query id -> text.
