@@ -142,3 +142,27 @@ def test_skipped_lines_are_counted_in_results(tmp_path):
     results = train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
     assert results["skipped_lines"] == 3
     assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped_lines"] == 3
+
+
+def test_bad_id_store_lines_are_counted_once_and_seen_queries_skip_bad_lines(tmp_path):
+    from colbert_lightning.data import ColBERTDataModule, TrainFiles
+    from colbert_lightning.data.beir import normalized_text, text_key
+
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("q1\twing lift\nbroken line without a tab\nq2\tshock waves\n")
+    collection = tmp_path / "collection.tsv"
+    collection.write_text("p1\tlift\np2\tdrag\np3\tshock\n")
+    triples = tmp_path / "triples.jsonl"
+    triples.write_text('["q1", "p1", "p2"]\n["q2", "p3", "p1"]\n["q9", "p3", "p1"]\n')
+    files = TrainFiles(str(triples), "colbert_ids", str(queries), str(collection))
+    datamodule = ColBERTDataModule(
+        files,
+        tokenizer=ColBERTTokenizer(load_tokenizer(tiny_config()), tiny_config()),
+        on_bad_line="skip",
+    )
+    seen = datamodule.seen_queries()
+    datamodule.train_dataset()
+    assert datamodule.skipped_store_lines == 1  # one bad queries line, read once
+    # q9 is unknown: that line is never trained on, so its query is not "seen"
+    assert seen.train == {text_key(normalized_text(t)) for t in ("wing lift", "shock waves")}
+    assert "Wing  LIFT!" in seen and "drag" not in seen

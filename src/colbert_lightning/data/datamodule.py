@@ -191,6 +191,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         self.on_bad_line = on_bad_line
         self._dev_set: DevSet | None = None
         self._seen_queries: SeenQueries | None = None
+        self._triple_reader: TripleReader | None = None
         self.skipped_store_lines = 0  # bad lines of queries/collection files, when skipping
         self.batches_consumed = 0  # training batches this process handed to the model
 
@@ -237,16 +238,19 @@ class ColBERTDataModule(pl.LightningDataModule):
         )
 
     def _reader(self) -> TripleReader:
-        files = self.train_files
-        queries = self._text_store(files.queries) if files.queries else None
-        collection = self._text_store(files.collection) if files.collection else None
-        return make_reader(
-            files.format,
-            files.path,
-            queries=queries,
-            collection=collection,
-            min_negatives=self.nway - 1,
-        )
+        """The training file's reader, built once (its id stores count their bad lines once)."""
+        if self._triple_reader is None:
+            files = self.train_files
+            queries = self._text_store(files.queries) if files.queries else None
+            collection = self._text_store(files.collection) if files.collection else None
+            self._triple_reader = make_reader(
+                files.format,
+                files.path,
+                queries=queries,
+                collection=collection,
+                min_negatives=self.nway - 1,
+            )
+        return self._triple_reader
 
     def seen_queries(self) -> SeenQueries:
         """The training file's and the dev set's queries (read once; one pass over the file).
