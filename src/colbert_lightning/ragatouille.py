@@ -201,6 +201,8 @@ class RAGTrainer:
             f"data.root={_quote(root)}",
             f"data.train.path={_quote(Path(self.data.triples).resolve())}",
             "data.train.format=jsonl",
+            # documents given or judged relevant to a query are never its in-batch negatives
+            f"data.train.qrels={_quote(root / 'qrels' / 'train.tsv')}",
             f"data.batch_size={batch_size // max(devices, 1)}",
             f"module.in_batch_negatives={use_ib_negatives}",
             f"module.optimizer.lr={learning_rate}",
