@@ -32,7 +32,11 @@ class Collator:
         self, tokenizer: ColBERTTokenizer, relevant: Mapping[str, Collection[str]] | None = None
     ) -> None:
         self.tokenizer = tokenizer
-        self.relevant = relevant or {}
+        # keyed once here, not per batch: qrels can name many documents per query
+        self.relevant_keys = {
+            query_id: [document_key(doc_id, "") for doc_id in doc_ids]
+            for query_id, doc_ids in (relevant or {}).items()
+        }
 
     def __call__(self, examples: list[TrainingExample]) -> TrainingBatch:
         """Collate ``examples``; ``skipped_lines`` is left at 0 for the stream to fill in.
@@ -53,24 +57,22 @@ class Collator:
         documents = [
             text for example in examples for text in (example.positive, *example.negatives)
         ]
+        document_keys = [_document_keys(example) for example in examples]
         return TrainingBatch(
             queries=self.tokenizer.queries([example.query for example in examples]),
             documents=self.tokenizer.documents(documents),
             nway=nway,
             query_keys=torch.tensor([text_key(normalized_text(e.query)) for e in examples]),
-            document_keys=torch.tensor(
-                [key for example in examples for key in _document_keys(example)]
-            ),
-            relevant_keys=self._relevant_keys(examples),
+            document_keys=torch.tensor([key for keys in document_keys for key in keys]),
+            relevant_keys=self._relevant_keys(examples, [keys[0] for keys in document_keys]),
         )
 
-    def _relevant_keys(self, examples: list[TrainingExample]) -> torch.Tensor:
-        """(B, R): each example's positive and its query's judged-relevant documents."""
-        rows = []
-        for example in examples:
-            judged = self.relevant.get(example.query_id, ()) if example.query_id else ()
-            own = document_key(example.positive_id, example.positive)
-            rows.append([own, *(document_key(doc_id, "") for doc_id in judged)])
+    def _relevant_keys(self, examples: list[TrainingExample], positives: list[int]) -> torch.Tensor:
+        """(B, R): each example's positive (its key given) and its query's judged documents."""
+        rows = [
+            [positive, *self.relevant_keys.get(example.query_id, ())]
+            for example, positive in zip(examples, positives, strict=True)
+        ]
         width = max(len(row) for row in rows)
         return torch.tensor([row + [NO_KEY] * (width - len(row)) for row in rows])
 
