@@ -33,7 +33,7 @@ def cpu_model() -> str:
 
 def git_commit() -> str:
     """HEAD of the repository (12 digits), with ``-dirty`` when tracked files differ."""
-    from colbert_lightning.cli.train import git_commit as full_commit
+    from colbert_lightning.config.metadata import git_commit as full_commit
 
     commit = full_commit()
     if commit is None:
@@ -120,7 +120,7 @@ def compose(overrides: list[str], output_dir: str | os.PathLike) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+    from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
 
     register_resolvers()
     cache = os.environ.get("COLBERT_BENCH_CACHE", str(REPO / ".cache"))

@@ -34,15 +34,14 @@ def datamodule_for(workers: int, batch_size: int, nway: int, out: str) -> Any:
     """The default config's DataModule, prepared, with our tokenizer attached."""
     from hydra.utils import instantiate
 
-    from colbert_lightning.modeling.tokenization import ColBERTTokenizer, load_tokenizer
+    from colbert_lightning.modeling.tokenization import ColBERTTokenizer
 
     cfg = compose(
         [f"data.num_workers={workers}", f"data.batch_size={batch_size}", f"data.nway={nway}"], out
     )
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
     model_config = instantiate(cfg.model)
-    datamodule.tokenizer = ColBERTTokenizer(load_tokenizer(model_config), model_config)
+    datamodule = instantiate(cfg.data, tokenizer=ColBERTTokenizer.from_config(model_config))
+    datamodule.prepare_data()
     return datamodule
 
 

@@ -39,11 +39,11 @@ def per_evaluation(data: str, repeats: int, out: str) -> list[dict[str, Any]]:
     from colbert_lightning.modeling import ColBERT
 
     cfg = compose([f"data={data}"], out)
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    dev_set = datamodule.dev_set()
     torch.manual_seed(0)
     model = ColBERT.from_config(instantiate(cfg.model))
+    datamodule = instantiate(cfg.data, tokenizer=model.tokenizer)
+    datamodule.prepare_data()
+    dev_set = datamodule.dev_set()
     module = instantiate(cfg.module, model=model)
     settings = cfg.callbacks.evaluation
     rows = []
@@ -77,8 +77,8 @@ def per_evaluation(data: str, repeats: int, out: str) -> list[dict[str, Any]]:
 
 def default_run(overrides: list[str], out: str) -> dict[str, Any]:
     """The default training run, its evaluations timed; returns the share of wall time."""
-    from colbert_lightning.cli.train import train
     from colbert_lightning.training import RetrievalEvaluation
+    from colbert_lightning.training.run import train
 
     timings: list[tuple[int, float]] = []
     original = RetrievalEvaluation.evaluate

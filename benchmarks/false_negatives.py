@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from colbert_lightning.data.beir import load_qrels, normalized_text
-from colbert_lightning.data.prepare import prepare_triples
+from colbert_lightning.data.negatives import prepare_triples
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ for pair in torch:torch lightning:lightning transformers:transformers hydra:hydr
         pip_from_wheels "$python" "$package" || exit 1
     fi
 done
-"$python" -c "import colbert_lightning.cli.train" || { say "colbert_lightning does not import"; exit 1; }
+"$python" -c "import colbert_lightning.training.run" || { say "colbert_lightning does not import"; exit 1; }
 
 cuda="$("$python" -c 'import torch; print(int(torch.cuda.is_available()))')"
 "$python" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() \

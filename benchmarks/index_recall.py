@@ -31,10 +31,10 @@ from colbert_lightning.data.beir import (
     load_queries,
     qrels_path,
 )
-from colbert_lightning.metrics.retrieval import evaluate_rankings
+from colbert_lightning.evaluation.metrics import evaluate_rankings
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.retrieval.exact import exact_rankings
-from colbert_lightning.retrieval.index import Retriever, build_index
+from colbert_lightning.retrieval.ivf import Retriever, build_index
 
 REPO = Path(__file__).resolve().parents[1]
 

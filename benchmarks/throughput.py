@@ -486,9 +486,8 @@ def end_to_end_section(args: argparse.Namespace, device: torch.device, out: str)
         ]
         cfg = compose(overrides, out)
         torch.manual_seed(0)
-        datamodule = instantiate(cfg.data)
         model = ColBERT.from_config(instantiate(cfg.model))
-        datamodule.tokenizer = model.tokenizer
+        datamodule = instantiate(cfg.data, tokenizer=model.tokenizer)
         module = instantiate(cfg.module, model=model)
         clock = StepClock(device)
         trainer = instantiate(cfg.trainer, callbacks=[clock.callback], logger=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 

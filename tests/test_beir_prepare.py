@@ -17,7 +17,7 @@ from colbert_lightning.data.beir import (
     load_queries,
 )
 from colbert_lightning.data.errors import DataFormatError
-from colbert_lightning.data.prepare import prepare_triples, split_dev_queries
+from colbert_lightning.data.negatives import prepare_triples, split_dev_queries
 from colbert_lightning.resources import resource_path
 from colbert_lightning.retrieval.bm25 import BM25Retriever
 
@@ -176,7 +176,7 @@ def test_prepare_outputs(prepared) -> None:
     corpus = load_corpus(find_beir_file(CRANFIELD, "corpus"))
     text_of = dict(zip(corpus.ids, corpus.texts, strict=True))
     queries = load_queries(find_beir_file(CRANFIELD, "queries"))
-    rankings = BM25Retriever(corpus, show_progress=False).search(
+    rankings = BM25Retriever(corpus.ids, corpus.texts, show_progress=False).search(
         {query_id: queries[query_id] for query_id in train_ids}, k=100
     )
     lines = Path(prepared.triples).read_text(encoding="utf-8").splitlines()
@@ -227,8 +227,8 @@ def test_prepare_rejects_bad_arguments(tmp_path: Path) -> None:
 def test_prepare_skips_empty_positives_and_composes_from_config(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    from colbert_lightning.cli.prepare import prepare, summary
-    from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+    from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
+    from colbert_lightning.prepare import prepare, summary
 
     root = make_collection(tmp_path / "collection")
     write_lines(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from colbert_lightning.cli.train import train
 from colbert_lightning.data.beir import load_dev_set
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.training import ColBERTModule
+from colbert_lightning.training.run import train
 from tests.helpers import TINY_OVERRIDES, compose_train
 
 RUN = [

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from colbert_lightning.cli.resolvers import CONFIG_DIR
+from colbert_lightning.config.resolvers import CONFIG_DIR
 from colbert_lightning.data import ColBERTDataModule
 from colbert_lightning.modeling import ColBERTConfig
 from colbert_lightning.training import ColBERTModule
@@ -49,7 +49,7 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
     cfg = compose_train(tmp_path, tmp_path / "cache", [f"{group}={option}", *extra])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert isinstance(instantiate(cfg.model), ColBERTConfig)  # weights are not loaded here
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, tokenizer=_tiny_model().tokenizer)
     assert isinstance(datamodule, ColBERTDataModule)
     module = instantiate(cfg.module, model=_tiny_model())
     assert isinstance(module, ColBERTModule)
@@ -129,5 +129,5 @@ def test_extra_key_in_a_leaf_fails_at_instantiation(tmp_path):
 def test_impossible_values_name_the_key(override, message, tmp_path):
     cfg = compose_train(tmp_path, tmp_path, [override])
     with pytest.raises(Exception, match=message):
-        instantiate(cfg.data)
+        instantiate(cfg.data, tokenizer=_tiny_model().tokenizer)
         instantiate(cfg.model)

@@ -21,9 +21,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from colbert_lightning.data.beir import DevSet
+from colbert_lightning.evaluation.precision import search_autocast
 from colbert_lightning.losses import in_batch_cross_entropy
 from colbert_lightning.modeling import ColBERT
-from colbert_lightning.retrieval.exact import exact_rankings, rerank, search_autocast
+from colbert_lightning.retrieval.exact import exact_rankings, rerank
 from colbert_lightning.scoring import maxsim
 from colbert_lightning.training import ColBERTModule
 from colbert_lightning.training.distributed import TorchProcessGroup, gather_documents

@@ -8,12 +8,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from colbert_lightning.cli.evaluate import evaluate
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.cli.train import train
-from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.config.checks import ConfigError
+from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.data.beir import find_beir_file, load_corpus, load_qrels, load_queries
+from colbert_lightning.evaluate import evaluate
 from colbert_lightning.modeling import ColBERT
+from colbert_lightning.training.run import train
 from tests.helpers import REPO, TINY_OVERRIDES, compose_train, split_cranfield
 from tests.reference import naive_ranking, naive_retrieval_metrics
 

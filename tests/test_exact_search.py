@@ -7,16 +7,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from colbert_lightning.evaluation.precision import native_bf16, search_autocast
 from colbert_lightning.modeling import ColBERTConfig
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText, load_tokenizer
 from colbert_lightning.resources import resource_path
-from colbert_lightning.retrieval.exact import (
-    exact_search,
-    native_bf16,
-    rerank,
-    search_autocast,
-    tokenize_by_length,
-)
+from colbert_lightning.retrieval.encode import tokenize_by_length
+from colbert_lightning.retrieval.exact import exact_search, rerank
 from colbert_lightning.scoring import maxsim
 from tests.reference import naive_ranking, naive_retrieval_metrics
 

@@ -19,11 +19,11 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
-from colbert_lightning.cli.export import export
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.config.checks import ConfigError
+from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.export import export
 from colbert_lightning.modeling import ColBERT, ColBERTConfig
-from colbert_lightning.modeling.interop import detect_format, read_folder, write_folder
+from colbert_lightning.modeling.formats import detect_format, read_folder, write_folder
 from tests.conftest import tiny_config
 from tests.helpers import REPO
 
@@ -234,7 +234,7 @@ def test_export_command_line_takes_the_output_folder_as_a_bare_argument(tmp_path
 
 
 def test_evaluate_reads_a_model_folder_as_it_reads_the_checkpoint(tmp_path):
-    from colbert_lightning.cli.evaluate import evaluate_split
+    from colbert_lightning.evaluation.split import evaluate_split
 
     root = tmp_path / "beir"
     (root / "qrels").mkdir(parents=True)

@@ -17,7 +17,7 @@ from torch.optim import AdamW
 
 from colbert_lightning.data.beir import load_qrels, load_queries, normalized_text
 from colbert_lightning.data.collate import Collator
-from colbert_lightning.data.prepare import prepare_triples, split_dev_queries
+from colbert_lightning.data.negatives import prepare_triples, split_dev_queries
 from colbert_lightning.data.readers import JsonlTextReader
 from colbert_lightning.data.types import TrainingExample
 from colbert_lightning.modeling import ColBERT

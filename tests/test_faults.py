@@ -16,9 +16,9 @@ import torch
 from hydra.errors import InstantiationException
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from colbert_lightning.cli.train import train
-from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.config.checks import ConfigError
 from colbert_lightning.modeling import ColBERT
+from colbert_lightning.training.run import train
 from tests.helpers import REPO, TINY_OVERRIDES, compose_train
 
 # Dropout on, one DataLoader worker and a shuffle buffer: resuming must restore the random
@@ -189,8 +189,8 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, cache_d
             "data.train.path=/nonexistent/triples.jsonl",
             "data.train.path=/nonexistent/triples.jsonl: no such file",
         ),
-        ("data.prepare.root=/nonexistent", "data.prepare.root=/nonexistent: no such folder"),
-        ("data.root=/nonexistent", "data.root=/nonexistent: no such folder"),
+        ("data.prepare.root=/nonexistent", "data.prepare.root=/nonexistent: no such BEIR folder"),
+        ("data.root=/nonexistent", "data.root=/nonexistent: no such BEIR folder"),
         ("data.nway=1", "data.nway must be an integer >= 2"),
         ("data.batch_size=abc", "data.batch_size must be a positive integer"),
         ("model.query_maxlen=0", "model.query_maxlen"),

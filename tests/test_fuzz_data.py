@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from colbert_lightning.cli.train import train
 from colbert_lightning.data.collate import Collator
 from colbert_lightning.data.errors import BadLines, DataFormatError
 from colbert_lightning.data.readers import iter_examples, make_reader
 from colbert_lightning.data.text_store import TextStore
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, load_tokenizer
+from colbert_lightning.training.run import train
 from tests.conftest import tiny_config
 from tests.helpers import TINY_OVERRIDES, compose_train
 

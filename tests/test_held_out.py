@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from colbert_lightning.cli.evaluate import evaluate_split, one_line_table
-from colbert_lightning.cli.train import train
-from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.config.checks import ConfigError
 from colbert_lightning.data import SeenQueries
 from colbert_lightning.data.beir import (
     load_corpus,
@@ -17,9 +15,11 @@ from colbert_lightning.data.beir import (
     normalized_text,
     text_key,
 )
-from colbert_lightning.metrics.retrieval import evaluate_rankings
+from colbert_lightning.evaluation.metrics import evaluate_rankings
+from colbert_lightning.evaluation.split import evaluate_split, one_line_table
 from colbert_lightning.resources import resource_path
 from colbert_lightning.retrieval.bm25 import BM25Config, BM25Retriever
+from colbert_lightning.training.run import train
 from tests.helpers import TINY_OVERRIDES, compose_train
 
 CRANFIELD = Path(resource_path("cranfield"))
@@ -62,7 +62,7 @@ def test_seen_queries_are_left_out_and_counted(tmp_path):
     # independently: BM25 on the other queries alone
     rest = {q: qrels[q] for q in qrels if q not in trained}
     corpus = load_corpus(CRANFIELD / "corpus.jsonl.gz")
-    rankings = BM25Retriever(corpus).search({q: queries[q] for q in rest}, k=100)
+    rankings = BM25Retriever(corpus.ids, corpus.texts).search({q: queries[q] for q in rest}, k=100)
     assert result["metrics"] == pytest.approx(evaluate_rankings(rankings, rest), abs=1e-9)
 
 

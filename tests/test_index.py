@@ -9,10 +9,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from colbert_lightning.cli.index import index
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.cli.search import search
-from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.config.checks import ConfigError
+from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.data.beir import (
     find_beir_file,
     load_corpus,
@@ -20,10 +18,12 @@ from colbert_lightning.data.beir import (
     load_queries,
     write_qrels,
 )
+from colbert_lightning.index import index
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.resources import resource_path
-from colbert_lightning.retrieval.exact import exact_rankings
-from colbert_lightning.retrieval.index import Retriever, build_index, rerank
+from colbert_lightning.retrieval.exact import exact_rankings, rerank_texts
+from colbert_lightning.retrieval.ivf import Retriever, build_index
+from colbert_lightning.search import search
 from tests.conftest import tiny_config
 from tests.helpers import REPO
 from tests.reference import naive_ranking, naive_retrieval_metrics
@@ -137,13 +137,13 @@ def test_exact_and_index_search_agree_with_exact_search_over_texts(model, collec
 def test_rerank_needs_no_index_and_orders_by_maxsim(model):
     documents = ["wings make lift", "a cat sat on the mat", "lift of a wing in a flow", "x"]
     query = "what produces lift on a wing"
-    ranked = rerank(model, query, documents)
+    ranked = rerank_texts(model, query, documents)
     scores = model.score_texts([query], documents)[0]
     assert [item.position for item in ranked] == torch.argsort(scores, descending=True).tolist()
     assert [item.score for item in ranked] == pytest.approx(sorted(scores.tolist(), reverse=True))
     assert [item.text for item in ranked] == [documents[item.position] for item in ranked]
-    assert [item.rank for item in rerank(model, query, documents, k=2)] == [1, 2]
-    assert rerank(model, query, []) == []
+    assert [item.rank for item in rerank_texts(model, query, documents, k=2)] == [1, 2]
+    assert rerank_texts(model, query, []) == []
 
 
 def test_index_search_and_rerank_never_encode_with_dropout(collection, tmp_path):
@@ -155,7 +155,7 @@ def test_index_search_and_rerank_never_encode_with_dropout(collection, tmp_path)
     query = "what produces lift on a wing"
     expected = model.eval().score_texts([query], texts)[0]
     model.train()
-    ranked = rerank(model, query, texts)
+    ranked = rerank_texts(model, query, texts)
     assert model.training  # the caller's mode is restored
     assert [item.score for item in ranked] == pytest.approx(
         sorted(expected.tolist(), reverse=True), abs=1e-5

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from colbert_lightning.metrics.retrieval import RetrievalMetrics, evaluate_rankings
-from colbert_lightning.metrics.schedule import EvaluationSchedule
+from colbert_lightning.evaluation.metrics import RetrievalMetrics, evaluate_rankings
+from colbert_lightning.evaluation.schedule import EvaluationSchedule
 
 
 def ranking(*doc_ids: str) -> list[tuple[str, float]]:

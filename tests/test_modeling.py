@@ -171,7 +171,7 @@ def test_score_texts_is_deterministic_on_a_model_in_train_mode():
 
 
 def test_load_returns_a_model_in_eval_mode(tmp_path):
-    from colbert_lightning.modeling.interop import write_folder
+    from colbert_lightning.modeling.formats import write_folder
 
     model = _model_with_dropout()
     checkpoint = tmp_path / "model.ckpt"

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from colbert_lightning.compat.raw_data import group_by_query, raw_kind, write_training_data
 from colbert_lightning.data.beir import find_beir_file, load_corpus, load_qrels, load_queries
-from colbert_lightning.data.raw import group_by_query, raw_kind, write_training_data
 from colbert_lightning.modeling import ColBERT
-from colbert_lightning.modeling.interop import detect_format, write_folder
+from colbert_lightning.modeling.formats import detect_format, write_folder
 from colbert_lightning.resources import resource_path
 from colbert_lightning.retrieval.bm25 import BM25Retriever
 
@@ -161,7 +161,7 @@ def test_pairs_become_bm25_hard_negative_triples_below_the_minimum_rank(cranfiel
     corpus = load_corpus(tmp_path / "beir" / "corpus.jsonl")
     assert len(corpus) == len(set(documents) | {positive for _, positive in pairs})
     queries = load_queries(tmp_path / "beir" / "queries.jsonl")
-    rankings = BM25Retriever(corpus, show_progress=False).search(queries, k=30)
+    rankings = BM25Retriever(corpus.ids, corpus.texts, show_progress=False).search(queries, k=30)
     lines = [json.loads(line) for line in open(result.triples, encoding="utf-8")]
     for line in lines:
         ranks = {doc: rank for rank, (doc, _) in enumerate(rankings[line["qid"]], start=1)}

@@ -150,7 +150,7 @@ def test_fused_adamw_option_matches_the_default_update(tmp_path, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_trainer_with_every_lever_clips_and_trains(tmp_path, device):
     # Lightning alone refuses gradient clipping with a fused optimiser under bf16-mixed.
-    from colbert_lightning.cli.train import train
+    from colbert_lightning.training.run import train
 
     clipped = []
     original = torch.nn.utils.clip_grad_norm_

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from colbert_lightning.summarize import (
+from colbert_lightning.evaluation.sweeps import (
     EmptySweepError,
     Job,
     ValidationCurve,
     load_sweep,
-    main,
     markdown_table,
     summary_rows,
     varying_overrides,
     write_summary,
 )
+from colbert_lightning.summarize import main
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "sweep_summary.ipynb"

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
 from tests.helpers import REPO, TINY_OVERRIDES, run_cli
 
 QUICK = [

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from colbert_lightning.cli.train import train
 from colbert_lightning.modeling import ColBERT
+from colbert_lightning.training.run import train
 from tests.helpers import REPO, TINY_OVERRIDES, compose_train, run_cli
 
 FAST = [*TINY_OVERRIDES, "data.num_workers=0", "data.batch_size=8", "logger=csv"]

@@ -1,5 +1,8 @@
 """MaxSim late interaction, as pure functions on token embeddings.
 
+Documents padded, grouped per query, gathered across processes, or packed without padding; and
+the running top-k of a search.
+
 Convention: a query token's contribution is the maximum similarity over the document's *scored*
 tokens, kept as is when negative (colbert-ai's ``colbert_score``). PyLate's ``colbert_scores``
 instead floors it at 0, because its padded tokens are zero vectors; the two agree whenever every
@@ -179,3 +182,69 @@ def maxsim_gathered(
     # A document without any scored token scores -inf, as in maxsim.
     best = best.masked_fill(~document_mask.any(dim=-1)[None, :, None], float("-inf"))
     return _sum_at_least_float32(best.masked_fill(~query_mask[:, None, :], 0.0))
+
+
+def packed_maxsim(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    owner: torch.Tensor,
+    documents: int,
+    similarity: str = "cosine",
+) -> torch.Tensor:
+    """MaxSim against documents stored as one packed run of tokens (no padding to mask).
+
+    Args:
+        queries: (Q, Lq, dim) query token embeddings.
+        query_mask: (Q, Lq) True for query tokens that count.
+        tokens: (N, dim) the documents' scored tokens, one after another.
+        owner: (N,) the document (0..documents-1) of each token; every document has one.
+        documents: D, the number of documents.
+        similarity: ``cosine`` or ``l2`` (as :func:`maxsim`).
+
+    Returns:
+        (Q, D) scores, equal to :func:`maxsim` on the padded form.
+
+    Example:
+        >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+        >>> d = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])   # doc 0: 1 token, doc 1: 2
+        >>> packed_maxsim(q, torch.tensor([[True, True]]), d, torch.tensor([0, 1, 1]), 2)
+        tensor([[1.4000, 1.0000]])
+    """
+    count, length, _ = queries.shape
+    similarities = token_similarity(queries, tokens[None], similarity)[:, 0]  # (Q, Lq, N)
+    best = torch.full((count, length, documents), float("-inf"), dtype=similarities.dtype)
+    index = owner.to(similarities.device).expand(count, length, -1)
+    best = best.scatter_reduce(2, index, similarities, reduce="amax")  # (Q, Lq, D)
+    return best.masked_fill(~query_mask.bool()[:, :, None], 0.0).sum(dim=1)
+
+
+def keep_top_k(
+    best_scores: torch.Tensor,
+    best_indices: torch.Tensor,
+    scores: torch.Tensor,
+    rows: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-``k``: the best so far merged with one more chunk's scores.
+
+    Ties are broken by ``torch.topk``, whose order among equal scores depends on its input
+    order: that is why every process replays the same merges in the same order (see
+    :func:`colbert_lightning.retrieval.exact.exact_search`) rather than merging per-process
+    top-``k`` lists.
+
+    Args:
+        best_scores: (Qb, kept) the best scores so far, best first.
+        best_indices: (Qb, kept) their corpus rows.
+        scores: (Qb, D) the queries' scores for one chunk.
+        rows: (D,) the chunk's corpus rows.
+        k: how many to keep.
+
+    Returns:
+        The new ``(best_scores, best_indices)``, (Qb, min(k, kept + D)) each.
+    """
+    merged_scores = torch.cat([best_scores, scores.float()], dim=1)  # (Qb, kept + D)
+    merged_indices = torch.cat([best_indices, rows.expand(scores.shape[0], -1)], dim=1)
+    keep = min(k, merged_scores.shape[1])
+    best_scores, positions = merged_scores.topk(keep, dim=1)
+    return best_scores, merged_indices.gather(1, positions)

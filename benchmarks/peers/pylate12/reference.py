@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from colbert_lightning.modeling import ColBERT, ColBERTConfig
-from colbert_lightning.modeling.interop import write_folder
+from colbert_lightning.modeling.formats import write_folder
 from colbert_lightning.resources import resource_path
 
 PAIRS = 20

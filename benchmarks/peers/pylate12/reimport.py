@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference import pair_scores  # noqa: E402
-
 from colbert_lightning.modeling import ColBERT  # noqa: E402
+from reference import pair_scores  # noqa: E402
 
 TOLERANCE = 1e-4
 

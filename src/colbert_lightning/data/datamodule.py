@@ -20,7 +20,7 @@ from colbert_lightning.data.beir import (
 )
 from colbert_lightning.data.collate import Collator
 from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine
-from colbert_lightning.data.prepare import prepare_triples
+from colbert_lightning.data.negatives import prepare_triples
 from colbert_lightning.data.readers import TripleReader, make_reader, open_binary
 from colbert_lightning.data.streaming import TripleStream
 from colbert_lightning.data.text_store import TextStore, numbered_lines
@@ -70,7 +70,7 @@ class DevFiles:
 
 @dataclass
 class PrepareSpec:
-    """Arguments of :func:`colbert_lightning.data.prepare.prepare_triples`, run before training.
+    """Arguments of :func:`colbert_lightning.data.negatives.prepare_triples`, run before training.
 
     Attributes:
         root: BEIR-layout folder.
@@ -140,11 +140,11 @@ class ColBERTDataModule(pl.LightningDataModule):
 
     Args:
         train: the training file(s).
+        tokenizer: the model's ColBERT tokeniser (collation tokenises in the DataLoader workers).
         dev: the dev set files, or None for no evaluation.
         root: the BEIR folder the data comes from, if any; ``prepare`` and
             ``python -m colbert_lightning.evaluate`` read it (the other splits' qrels).
         prepare: build the training triples and dev split first (cached), or None.
-        tokenizer: the model's ColBERT tokeniser (injected by the training script).
         batch_size: queries per batch, per process.
         nway: documents per query (the positive and ``nway - 1`` negatives).
         num_workers: DataLoader worker processes (tokenisation happens there).
@@ -156,10 +156,10 @@ class ColBERTDataModule(pl.LightningDataModule):
     def __init__(
         self,
         train: TrainFiles,
+        tokenizer: ColBERTTokenizer,
         dev: DevFiles | None = None,
         root: str | None = None,
         prepare: PrepareSpec | None = None,
-        tokenizer: ColBERTTokenizer | None = None,
         batch_size: int = 32,
         nway: int = 2,
         num_workers: int = 1,
@@ -220,8 +220,6 @@ class ColBERTDataModule(pl.LightningDataModule):
         self, rank: int = 0, world_size: int = 1, max_passes: int | None = None
     ) -> TripleStream:
         """The streaming training set for one process of ``world_size``."""
-        if self.tokenizer is None:
-            raise RuntimeError("ColBERTDataModule needs the model's tokenizer before training")
         return TripleStream(
             path=self.train_files.path,
             reader=self._reader(),

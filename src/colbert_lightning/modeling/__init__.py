@@ -1,6 +1,12 @@
 """The ColBERT model: config, tokenisation and the encoder + projection module."""
 
-from colbert_lightning.modeling.colbert import ColBERT, InitSummary, TokenEmbeddings, inference
+from colbert_lightning.modeling.colbert import (
+    ColBERT,
+    InitSummary,
+    TokenEmbeddings,
+    default_device,
+    inference,
+)
 from colbert_lightning.modeling.config import ColBERTConfig
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText
 
@@ -11,5 +17,6 @@ __all__ = [
     "InitSummary",
     "TokenEmbeddings",
     "TokenizedText",
+    "default_device",
     "inference",
 ]

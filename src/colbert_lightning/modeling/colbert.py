@@ -21,8 +21,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from colbert_lightning.modeling.config import ColBERTConfig
-from colbert_lightning.modeling.interop import read_folder, read_projection
-from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText, load_tokenizer
+from colbert_lightning.modeling.formats import read_folder, read_projection
+from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText
 from colbert_lightning.scoring import maxsim
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,13 @@ def inference(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or where commands run a model when none is given: CUDA if present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class ColBERT(nn.Module):
     """Late-interaction retriever: ``normalize(encoder(tokens) @ W.T)`` per token.
 
@@ -117,9 +124,21 @@ class ColBERT(nn.Module):
         self.init_summary: InitSummary | None = None
 
     @classmethod
-    def from_config(cls, config: ColBERTConfig) -> ColBERT:
-        """A new model: pretrained encoder + random projection, or every weight random."""
-        hf_tokenizer = load_tokenizer(config)
+    def from_config(
+        cls, config: ColBERTConfig, tokenizer: ColBERTTokenizer | None = None
+    ) -> ColBERT:
+        """A new model: a pretrained encoder or every weight random (see :class:`ColBERTConfig`).
+
+        Args:
+            config: the model config.
+            tokenizer: ``ColBERTTokenizer.from_config(config)`` when the caller made it already
+                (training hands the same one to the data); made here when None.
+        """
+        if tokenizer is None:
+            tokenizer = ColBERTTokenizer.from_config(config)
+        elif tokenizer.config != config:
+            raise ValueError("the tokenizer was made from another model config")
+        hf_tokenizer = tokenizer.tokenizer
         loaded_names: set[str] = set()
         if config.init == "pretrained":
             encoder, info = AutoModel.from_pretrained(
@@ -133,7 +152,7 @@ class ColBERT(nn.Module):
         if len(hf_tokenizer) > encoder.get_input_embeddings().num_embeddings:
             encoder.resize_token_embeddings(len(hf_tokenizer))
             loaded_names.discard(_input_embedding_name(encoder))
-        model = cls(config, encoder, ColBERTTokenizer(hf_tokenizer, config))
+        model = cls(config, encoder, tokenizer)
         loaded = {f"encoder.{name}" for name in loaded_names}
         # a colbert-ai / PyLate / exported folder brings its projection: training continues from it
         projection = read_projection(config.name_or_path) if config.init == "pretrained" else None
@@ -242,7 +261,7 @@ class ColBERT(nn.Module):
     def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> ColBERT:
         """Load a training checkpoint (``.ckpt``) or a colbert-ai, PyLate or ``hf`` folder.
 
-        See :mod:`colbert_lightning.modeling.interop` for the folder layouts. The model comes
+        See :mod:`colbert_lightning.modeling.formats` for the folder layouts. The model comes
         back in eval mode (no dropout), ready to encode; call ``.train()`` to train it on.
         """
         if not Path(path).exists():

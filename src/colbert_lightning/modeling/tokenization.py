@@ -83,6 +83,11 @@ class ColBERTTokenizer:
         )
         self._skiplist_tensor = torch.tensor(self.skiplist, dtype=torch.long)
 
+    @classmethod
+    def from_config(cls, config: ColBERTConfig) -> ColBERTTokenizer:
+        """The tokeniser the config names (:func:`load_tokenizer`), in ColBERT's layout."""
+        return cls(load_tokenizer(config), config)
+
     def queries(self, queries: list[str]) -> TokenizedText:
         """Tokenise queries to exactly ``query_maxlen`` tokens."""
         maxlen = self.config.query_maxlen

@@ -9,15 +9,12 @@ stopword list came closer than none on three of the four figures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import bm25s
 import numpy as np
 from tqdm.auto import tqdm
-
-if TYPE_CHECKING:  # a runtime import would be circular (data.prepare imports this module)
-    from colbert_lightning.data.beir import Corpus
 
 STOPWORDS = "en"
 """bm25s's English stopword list (see the module docstring for how it compares with none)."""
@@ -40,29 +37,37 @@ class BM25Config:
 
 
 class BM25Retriever:
-    """Lexical retrieval with BM25 over a ``Corpus``.
+    """Lexical retrieval with BM25 over documents in memory.
 
     Ties in score are broken by corpus order, so results are deterministic.
 
     Args:
-        corpus: the documents to index (empty texts are allowed and score 0).
+        ids: the documents' ids.
+        texts: their texts, aligned with ``ids`` (empty texts are allowed and score 0).
         k1: term-frequency saturation.
         b: length normalisation.
         show_progress: show tqdm bars while indexing and searching.
     """
 
     def __init__(
-        self, corpus: Corpus, k1: float = 0.9, b: float = 0.4, show_progress: bool = True
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        k1: float = 0.9,
+        b: float = 0.4,
+        show_progress: bool = True,
     ) -> None:
-        if len(corpus) == 0:
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} document ids but {len(texts)} texts")
+        if not ids:
             raise ValueError("cannot build a BM25 index over an empty corpus")
-        self.corpus = corpus
+        self.ids = list(ids)
         self.k1 = k1
         self.b = b
         self.show_progress = show_progress
         # bm25s's own bars are many and brief; indexing a corpus that fits in memory is quick.
         corpus_tokens = bm25s.tokenize(
-            corpus.texts, stopwords=STOPWORDS, show_progress=False, allow_empty=True
+            list(texts), stopwords=STOPWORDS, show_progress=False, allow_empty=True
         )
         self.index = bm25s.BM25(k1=k1, b=b)
         self.index.index(corpus_tokens, show_progress=False)
@@ -76,7 +81,7 @@ class BM25Retriever:
         tokens = bm25s.tokenize(query, stopwords=STOPWORDS, return_ids=False, show_progress=False)
         known = [token for token in tokens[0] if token in self.index.vocab_dict]
         if not known:
-            return np.zeros(len(self.corpus), dtype=np.float32)
+            return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self.index.get_scores(known), dtype=np.float32)
 
     def search(self, queries: dict[str, str], k: int = 100) -> dict[str, Ranking]:
@@ -91,7 +96,7 @@ class BM25Retriever:
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        k = min(k, len(self.corpus))
+        k = min(k, len(self.ids))
         rankings: dict[str, Ranking] = {}
         for query_id, text in tqdm(
             queries.items(), desc="BM25 search", unit="query", disable=not self.show_progress
@@ -99,5 +104,5 @@ class BM25Retriever:
             scores = self.score_all(text)
             # Sort by score descending, then by corpus position, for deterministic ties.
             order = np.lexsort((np.arange(len(scores)), -scores))[:k]
-            rankings[query_id] = [(self.corpus.ids[row], float(scores[row])) for row in order]
+            rankings[query_id] = [(self.ids[row], float(scores[row])) for row in order]
         return rankings

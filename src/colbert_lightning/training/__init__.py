@@ -1,5 +1,6 @@
 """Training: the LightningModule, its callbacks and learning-rate schedules."""
 
+from colbert_lightning.schedules import warmup_then_decay
 from colbert_lightning.training.callbacks import (
     AtomicCheckpointIO,
     BestDevCheckpoint,
@@ -7,7 +8,6 @@ from colbert_lightning.training.callbacks import (
     RetrievalEvaluation,
 )
 from colbert_lightning.training.module import ColBERTModule
-from colbert_lightning.training.schedules import warmup_then_decay
 
 __all__ = [
     "AtomicCheckpointIO",

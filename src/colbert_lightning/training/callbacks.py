@@ -13,8 +13,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from colbert_lightning.metrics.schedule import EvaluationSchedule
-from colbert_lightning.retrieval.exact import EVALUATION_PRECISIONS, EvaluationPrecision
+from colbert_lightning.evaluation.precision import EvaluationPrecision, check_precision
+from colbert_lightning.evaluation.schedule import EvaluationSchedule
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,11 @@ class RetrievalEvaluation(pl.Callback):
             raise ValueError(f"callbacks.evaluation.mode must be exact or rerank, got {mode!r}")
         if k < 100:
             raise ValueError(f"callbacks.evaluation.k must be >= 100 for recall@100, got {k}")
-        if str(precision) not in EVALUATION_PRECISIONS:
-            raise ValueError(
-                f"callbacks.evaluation.precision must be 32, bf16 or auto, got {precision!r}"
-            )
         self.schedule = schedule
         self.mode = mode
         self.batch_size = batch_size
         self.k = k
-        self.precision: EvaluationPrecision = str(precision)  # type: ignore[assignment]
+        self.precision = check_precision(precision, "callbacks.evaluation.precision")
         self.history: list[dict[str, float]] = []
         self._last_step = -1
 

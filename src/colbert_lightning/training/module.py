@@ -16,23 +16,17 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from colbert_lightning.data.beir import DevSet
 from colbert_lightning.data.types import NO_KEY, TrainingBatch
+from colbert_lightning.evaluation.metrics import RetrievalMetrics
+from colbert_lightning.evaluation.precision import EvaluationPrecision, search_autocast
 from colbert_lightning.losses import (
     false_negative_mask,
     in_batch_cross_entropy,
     in_batch_targets,
     nway_cross_entropy,
 )
-from colbert_lightning.metrics.retrieval import RetrievalMetrics
 from colbert_lightning.modeling import ColBERT
-from colbert_lightning.retrieval.exact import (
-    EvaluationPrecision,
-    TokenizedBatches,
-    encoder_device,
-    exact_rankings,
-    rerank,
-    search_autocast,
-    tokenize_by_length,
-)
+from colbert_lightning.retrieval.encode import TokenizedBatches, encoder_device, tokenize_by_length
+from colbert_lightning.retrieval.exact import exact_rankings, rerank
 from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped
 from colbert_lightning.training.distributed import (
     all_gather_objects,

@@ -11,7 +11,8 @@ read; a faiss IVF index (inner product) over all token embeddings generates cand
    *fetched* similarity per document, summed; a token that fetched nothing of a document adds 0);
 3. the best ``rerank_depth`` of them are scored exactly, MaxSim over all their stored tokens.
 
-:func:`rerank` scores given documents against a query with no index at all.
+Scoring given documents against a query needs no index: see
+:func:`colbert_lightning.retrieval.exact.rerank_texts`.
 
 Folder written by :func:`build_index`::
 
@@ -40,12 +41,13 @@ import torch
 from tqdm.auto import tqdm
 
 from colbert_lightning.modeling import ColBERT, inference
-from colbert_lightning.retrieval.exact import (
-    _encode_documents_by_length,
-    _encode_queries,
+from colbert_lightning.retrieval.encode import (
+    encode_documents_by_length,
+    encode_queries,
     encoder_device,
 )
-from colbert_lightning.scoring import maxsim, token_similarity
+from colbert_lightning.retrieval.exact import RerankedDocument, check_k, rerank_texts
+from colbert_lightning.scoring import keep_top_k, packed_maxsim
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.f16"
@@ -70,23 +72,6 @@ class SearchHit:
     """
 
     doc_id: str
-    score: float
-    rank: int
-
-
-@dataclass
-class RerankedDocument:
-    """One document of :func:`rerank`'s input, scored.
-
-    Attributes:
-        position: its index in the ``documents`` list given.
-        text: the document.
-        score: its MaxSim score.
-        rank: 1 for the best.
-    """
-
-    position: int
-    text: str
     score: float
     rank: int
 
@@ -158,7 +143,7 @@ def build_index(
     token_docs: list[np.ndarray] = []
     written = 0
     with open(folder / EMBEDDINGS, "wb") as output, inference(model):
-        for rows, encoded in _encode_documents_by_length(
+        for rows, encoded in encode_documents_by_length(
             model, texts, batch_size, device, show_progress, "encoding documents"
         ):
             for position, row in enumerate(rows):
@@ -290,7 +275,7 @@ class Retriever:
         self, queries: list[str], k: int = 10, show_progress: bool = False
     ) -> list[list[SearchHit]]:
         """:meth:`search` for many queries, encoded and searched ``batch_size`` at a time."""
-        _check_k(k)
+        check_k(k)
         faiss.extract_index_ivf(self.index).nprobe = self.nprobe
         results: list[list[SearchHit]] = []
         for start in tqdm(
@@ -316,7 +301,7 @@ class Retriever:
         self, queries: list[str], k: int = 10, documents_per_pass: int = 64
     ) -> list[list[SearchHit]]:
         """Brute force over every stored document: exact MaxSim, no IVF (the reference)."""
-        _check_k(k)
+        check_k(k)
         order = np.arange(len(self.doc_ids))
         results: list[list[SearchHit]] = []
         for start in range(0, len(queries), self.batch_size):
@@ -326,12 +311,9 @@ class Retriever:
             for first in range(0, len(order), documents_per_pass):
                 rows = order[first : first + documents_per_pass]
                 scores = self._score_stored(embeddings, mask, rows)  # (Qb, D)
-                merged = torch.cat([best_scores, scores], dim=1)
-                merged_rows = torch.cat(
-                    [best_rows, torch.from_numpy(rows).expand(len(embeddings), -1)], dim=1
+                best_scores, best_rows = keep_top_k(
+                    best_scores, best_rows, scores, torch.from_numpy(rows), k
                 )
-                best_scores, positions = merged.topk(min(k, merged.shape[1]), dim=1)
-                best_rows = merged_rows.gather(1, positions)
             for scores, rows in zip(best_scores.tolist(), best_rows.tolist(), strict=True):
                 results.append(self._hits(rows, scores))
         return results
@@ -339,17 +321,15 @@ class Retriever:
     def rerank(
         self, query: str, documents: list[str], k: int | None = None
     ) -> list[RerankedDocument]:
-        """:func:`rerank` with this retriever's model."""
-        return rerank(self.model, query, documents, k=k, batch_size=self.batch_size)
+        """:func:`~colbert_lightning.retrieval.exact.rerank_texts` with this retriever's model."""
+        return rerank_texts(self.model, query, documents, k=k, batch_size=self.batch_size)
 
     # ---- steps ----------------------------------------------------------------------------
 
     def _encode(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         # the model may have been handed over in train mode: search never encodes with dropout
         with inference(self.model):
-            embeddings, mask = _encode_queries(
-                self.model, list(queries), encoder_device(self.model)
-            )
+            embeddings, mask = encode_queries(self.model, list(queries), encoder_device(self.model))
         return embeddings.float().cpu(), mask.bool().cpu()  # (Qb, Lq, dim), (Qb, Lq)
 
     def _approximate_top(self, token_ids: np.ndarray, similarities: np.ndarray) -> np.ndarray:
@@ -408,89 +388,3 @@ class Retriever:
             SearchHit(self.doc_ids[row], score, rank)
             for rank, (row, score) in enumerate(zip(rows, scores, strict=True), start=1)
         ]
-
-
-def packed_maxsim(
-    queries: torch.Tensor,
-    query_mask: torch.Tensor,
-    tokens: torch.Tensor,
-    owner: torch.Tensor,
-    documents: int,
-    similarity: str = "cosine",
-) -> torch.Tensor:
-    """MaxSim against documents stored as one packed run of tokens (no padding to mask).
-
-    Args:
-        queries: (Q, Lq, dim) query token embeddings.
-        query_mask: (Q, Lq) True for query tokens that count.
-        tokens: (N, dim) the documents' scored tokens, one after another.
-        owner: (N,) the document (0..documents-1) of each token; every document has one.
-        documents: D, the number of documents.
-        similarity: ``cosine`` or ``l2`` (as :func:`colbert_lightning.scoring.maxsim`).
-
-    Returns:
-        (Q, D) scores, equal to :func:`~colbert_lightning.scoring.maxsim` on the padded form.
-
-    Example:
-        >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-        >>> d = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])   # doc 0: 1 token, doc 1: 2
-        >>> packed_maxsim(q, torch.tensor([[True, True]]), d, torch.tensor([0, 1, 1]), 2)
-        tensor([[1.4000, 1.0000]])
-    """
-    count, length, _ = queries.shape
-    similarities = token_similarity(queries, tokens[None], similarity)[:, 0]  # (Q, Lq, N)
-    best = torch.full((count, length, documents), float("-inf"), dtype=similarities.dtype)
-    index = owner.to(similarities.device).expand(count, length, -1)
-    best = best.scatter_reduce(2, index, similarities, reduce="amax")  # (Q, Lq, D)
-    return best.masked_fill(~query_mask.bool()[:, :, None], 0.0).sum(dim=1)
-
-
-def _check_k(k: int) -> None:
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-
-
-@torch.inference_mode()
-def rerank(
-    model: ColBERT,
-    query: str,
-    documents: list[str],
-    k: int | None = None,
-    batch_size: int = 64,
-) -> list[RerankedDocument]:
-    """Score ``documents`` against ``query`` with exact MaxSim and sort them; no index needed.
-
-    Args:
-        model: the ColBERT; encodes in eval mode (its own mode is restored).
-        query: the query text.
-        documents: the texts to order.
-        k: keep the best ``k`` (default: all).
-        batch_size: documents per encoder call.
-
-    Returns:
-        The documents, best first, with their position in ``documents``.
-    """
-    if k is not None:
-        _check_k(k)
-    if not documents:
-        return []
-    device = encoder_device(model)
-    scores = torch.empty(len(documents))
-    with inference(model):
-        query_embeddings, query_mask = _encode_queries(model, [query], device)
-        for rows, encoded in _encode_documents_by_length(
-            model, list(documents), batch_size, device, False, "reranking"
-        ):
-            batch_scores = maxsim(
-                query_embeddings,
-                query_mask,
-                encoded.embeddings,
-                encoded.mask,
-                model.config.similarity,
-            )  # (1, B)
-            scores[torch.tensor(rows)] = batch_scores[0].float().cpu()
-    order = torch.argsort(scores, descending=True, stable=True)[: k or len(documents)].tolist()
-    return [
-        RerankedDocument(position, documents[position], scores[position].item(), rank)
-        for rank, position in enumerate(order, start=1)
-    ]

@@ -54,12 +54,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.cli.train import train as train_from_config
-from colbert_lightning.data.raw import RawDataResult, raw_kind, write_training_data
+from colbert_lightning.compat.raw_data import RawDataResult, raw_kind, write_training_data
+from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.modeling.config import Init
-from colbert_lightning.modeling.interop import read_settings, write_folder
+from colbert_lightning.modeling.formats import read_settings, write_folder
+from colbert_lightning.training.run import train as train_from_config
 
 log = logging.getLogger(__name__)
 

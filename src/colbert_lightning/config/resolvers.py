@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import netrc
 import os
 from pathlib import Path
@@ -13,8 +14,12 @@ from omegaconf import OmegaConf
 
 from colbert_lightning.resources import resource_path
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
-"""The repository's ``conf/`` folder (this file is ``src/colbert_lightning/cli/resolvers.py``)."""
+CONFIG_DIR = Path(str(importlib.resources.files("colbert_lightning.conf")))
+"""The Hydra configs: the repository's ``conf/``, installed as package ``colbert_lightning.conf``.
+
+In a checkout (editable install) this is the top-level ``conf/`` folder itself; in a wheel, its
+installed copy. Add configs of your own with ``hydra.searchpath`` (see the README).
+"""
 
 
 def package_model(module_name: str) -> str:

@@ -1,19 +1,14 @@
-"""`python -m colbert_lightning.evaluate`: metrics of a checkpoint, or of BM25, on a BEIR split."""
+"""Metrics of a checkpoint, a model in memory, or BM25 on a BEIR split, all one way."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.cli.validate import ConfigError
+from colbert_lightning.config.checks import ConfigError, check_beir_root
 from colbert_lightning.data import SeenQueries
 from colbert_lightning.data.beir import (
     find_beir_file,
@@ -22,42 +17,13 @@ from colbert_lightning.data.beir import (
     load_queries,
     qrels_path,
 )
-from colbert_lightning.metrics.retrieval import evaluate_rankings
-from colbert_lightning.modeling import ColBERT
+from colbert_lightning.evaluation.metrics import evaluate_rankings
+from colbert_lightning.modeling import ColBERT, default_device
 from colbert_lightning.retrieval.bm25 import BM25Config, BM25Retriever
 from colbert_lightning.retrieval.exact import exact_rankings
 
 log = logging.getLogger(__name__)
 METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.checkpoint`` (exact MaxSim over the whole corpus) or BM25 on a split.
-
-    Returns:
-        What is written to ``cfg.output``: the metrics and what was evaluated.
-    """
-    baseline = instantiate(cfg.model) if cfg.get("model") is not None else None
-    if baseline is not None and not isinstance(baseline, BM25Config):
-        raise ConfigError(f"model={type(baseline).__name__}: evaluate takes model=bm25 or none")
-    if baseline is None and not (cfg.checkpoint and Path(cfg.checkpoint).exists()):
-        raise ConfigError(
-            f"checkpoint={cfg.checkpoint}: evaluating a ColBERT needs its .ckpt or model folder"
-        )
-    result = evaluate_split(
-        baseline or cfg.checkpoint,
-        cfg.data.get("root"),
-        cfg.split,
-        k=cfg.k,
-        batch_size=cfg.batch_size,
-        device=cfg.device,
-    )
-    output = Path(cfg.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    log.info("%s", one_line_table(result))
-    log.info("written: %s", output)
-    return result
 
 
 def evaluate_split(
@@ -81,8 +47,7 @@ def evaluate_split(
     Raises:
         ConfigError: no such folder, or every query of the split was seen in training or dev.
     """
-    if not root or not Path(root).is_dir():
-        raise ConfigError(f"data.root={root}: no such BEIR folder")
+    check_beir_root(root)
     corpus = load_corpus(find_beir_file(root, "corpus"))
     all_queries = load_queries(find_beir_file(root, "queries"))
     qrels = load_qrels(qrels_path(root, split), set(all_queries), set(corpus.ids))
@@ -113,14 +78,15 @@ def evaluate_split(
     qrels = {query_id: qrels[query_id] for query_id in held_out}
     queries = {query_id: all_queries[query_id] for query_id in qrels}
     if isinstance(model, BM25Config):
-        rankings = BM25Retriever(corpus, k1=model.k1, b=model.b).search(queries, k=k)
+        rankings = BM25Retriever(corpus.ids, corpus.texts, k1=model.k1, b=model.b).search(
+            queries, k=k
+        )
     else:
         if isinstance(model, ColBERT):
             colbert, was_training = model, model.training
         else:
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             # a .ckpt, or a colbert-ai / PyLate / exported folder
-            colbert, was_training = ColBERT.load(model).to(device), False
+            colbert, was_training = ColBERT.load(model).to(default_device(device)), False
         colbert.eval()
         with torch.inference_mode():
             rankings = exact_rankings(
@@ -156,14 +122,3 @@ def one_line_table(result: dict[str, Any]) -> str:
         queries += f" ({excluded} seen in training/dev left out)"
     row = f"| {result['model']} | {result['split']} | {queries} | {cells} |"
     return f"{header}\n{row}"
-
-
-@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
-
-def main() -> None:
-    """Console entry point."""
-    register_resolvers()
-    _hydra_main()

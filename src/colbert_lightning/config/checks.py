@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from colbert_lightning.data.beir import qrels_path
-from colbert_lightning.training.schedules import resolve_warmup_steps
+from colbert_lightning.schedules import resolve_warmup_steps
 
 
 class ConfigError(ValueError):
@@ -46,20 +46,33 @@ def check_config(cfg: DictConfig) -> None:
     _check_writable("paths.output_dir", Path(cfg.paths.output_dir))
 
 
+def check_beir_root(root: str | os.PathLike | None, key: str = "data.root", hint: str = "") -> Path:
+    """``root`` as a Path, if it is a folder (a BEIR collection: corpus, queries, qrels/).
+
+    Args:
+        root: the folder a config names.
+        key: the config key it came from, for the message.
+        hint: what else the user could give instead, appended to the message.
+
+    Raises:
+        ConfigError: ``root`` is empty or not a folder.
+    """
+    if not root or not Path(root).is_dir():
+        raise ConfigError(f"{key}={root}: no such BEIR folder{hint}")
+    return Path(root)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_data_paths(data: DictConfig) -> None:
-    root = data.get("root")
-    if root and not Path(root).is_dir():
-        raise ConfigError(f"data.root={root}: no such folder (a BEIR-layout folder)")
+    if data.get("root"):
+        check_beir_root(data.root)
     prepare = data.get("prepare")
     produced_under = Path(prepare.output_dir).resolve() if prepare else None
     if prepare:
-        root = Path(prepare.root)
-        if not root.is_dir():
-            raise ConfigError(f"data.prepare.root={root}: no such folder (a BEIR-layout folder)")
+        check_beir_root(prepare.root, "data.prepare.root")
     files = [("data.train", data.train)]
     if data.get("dev") is not None:
         files.append(("data.dev", data.dev))
@@ -74,8 +87,7 @@ def _check_data_paths(data: DictConfig) -> None:
 
 
 def _check_test_split(root: str | None, split: str) -> None:
-    if not root:
-        raise ConfigError(f"test_split={split} needs data.root, the BEIR folder holding qrels/")
+    check_beir_root(root, hint=f": test_split={split} needs the BEIR folder holding qrels/")
     try:
         qrels_path(root, split)
     except FileNotFoundError as error:

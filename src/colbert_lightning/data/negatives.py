@@ -262,7 +262,7 @@ def prepare_triples(
             f"split {split!r}; none is left for training"
         )
 
-    retriever = BM25Retriever(corpus, k1=k1, b=b, show_progress=show_progress)
+    retriever = BM25Retriever(corpus.ids, corpus.texts, k1=k1, b=b, show_progress=show_progress)
     rankings = retriever.search({query_id: queries[query_id] for query_id in train_ids}, k=max_rank)
     text_of = dict(zip(corpus.ids, corpus.texts, strict=True))
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from colbert_lightning.data.beir import Corpus, write_qrels
-from colbert_lightning.data.prepare import split_dev_queries
+from colbert_lightning.data.negatives import split_dev_queries
 from colbert_lightning.retrieval.bm25 import BM25Retriever
 
 RawKind = Literal["pairs", "labelled_pairs", "triplets"]
@@ -224,7 +224,7 @@ def write_training_data(
     windows: dict[str, list[str]] = {}
     if mine_hard_negatives and num_new_negatives:
         corpus = Corpus(list(text_of), list(text_of.values()))
-        retriever = BM25Retriever(corpus, show_progress=show_progress)
+        retriever = BM25Retriever(corpus.ids, corpus.texts, show_progress=show_progress)
         rankings = retriever.search({q: query_text[q] for q in train_ids}, k=max_rank)
         windows = {q: [doc for doc, _ in rankings[q][min_rank - 1 : max_rank]] for q in train_ids}
 

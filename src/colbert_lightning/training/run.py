@@ -1,29 +1,27 @@
-"""`python -m colbert_lightning.train`: compose the Hydra config, train, write results.json."""
+"""One training run from a composed config: fit, evaluate on test, write results.json."""
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from colbert_lightning.cli.evaluate import evaluate_split, one_line_table
-from colbert_lightning.cli.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.cli.threads import fix_intra_op_threads
-from colbert_lightning.cli.validate import ConfigError, check_config
+from colbert_lightning.config.checks import ConfigError, check_config
+from colbert_lightning.config.metadata import git_commit
 from colbert_lightning.data import SeenQueries
-from colbert_lightning.modeling import ColBERT, ColBERTConfig
+from colbert_lightning.evaluation.split import evaluate_split, one_line_table
+from colbert_lightning.modeling import ColBERT, ColBERTConfig, ColBERTTokenizer
 from colbert_lightning.retrieval.bm25 import BM25Config
-from colbert_lightning.training import AtomicCheckpointIO, RetrievalEvaluation
+from colbert_lightning.training.callbacks import AtomicCheckpointIO, RetrievalEvaluation
+from colbert_lightning.training.threads import fix_intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,8 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one model as ``cfg`` describes and return what goes into ``results.json``.
 
-    Tests call this directly with a composed config; the command line goes through :func:`main`.
+    ``python -m colbert_lightning.train`` composes the config and calls this; so do the tests
+    and :class:`~colbert_lightning.compat.ragatouille.RAGTrainer`.
     """
     started = time.time()
     check_config(cfg)
@@ -39,13 +38,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # the weights depend on how many threads share each sum: one count, whatever the load
     threads = fix_intra_op_threads(cfg.get("cpu_threads"))
     log.info("%d CPU intra-op threads, fixed for the run", threads)
-    # Data first: a wrong path or value fails before any model weight is built or loaded.
-    datamodule = instantiate(cfg.data)
     model_config = instantiate(cfg.model)
     if not isinstance(model_config, ColBERTConfig):
         raise ConfigError(f"model={type(model_config).__name__} is not a trainable ColBERT")
-    model = ColBERT.from_config(model_config)
-    datamodule.tokenizer = model.tokenizer
+    tokenizer = ColBERTTokenizer.from_config(model_config)
+    # data before weights: a wrong path or value fails before any weight is built or loaded
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    model = ColBERT.from_config(model_config, tokenizer)
     module = instantiate(cfg.module, model=model)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
@@ -159,34 +158,3 @@ def summary_table(results: dict[str, Any]) -> str:
         f"{results['wall_time_s']:.0f} s, {results['skipped_lines']} bad lines skipped"
     )
     return "\n".join(lines)
-
-
-def git_commit() -> str | None:
-    """The repository's commit (with '-dirty' for uncommitted changes), or None outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=CONFIG_DIR
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=CONFIG_DIR,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{commit}-dirty" if dirty else commit
-
-
-@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    results = train(cfg)
-    best = results["best"] or {}
-    return best.get("val/ndcg@10")  # what optimising sweepers (hparams_search=optuna) maximise
-
-
-def main() -> None:
-    """Console entry point."""
-    register_resolvers()
-    _hydra_main()

@@ -1,1 +1,0 @@
-"""Thin Hydra entry points."""

@@ -1,0 +1,1 @@
+"""Compatibility with RAGatouille: its ``RAGTrainer`` API and its raw training-data formats."""
