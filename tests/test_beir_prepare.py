@@ -102,16 +102,18 @@ def test_shipped_cranfield_loads() -> None:
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ('{"_id": "d9", "text": "x"', "invalid JSON"),
+        ('{"_id": "d9", "text": "x"', "bad JSON"),
         ('{"_id": "d9"}', "missing field 'text'"),
         ('{"text": "x"}', "missing field '_id'"),
         ('{"_id": "d1", "text": "again"}', "duplicate id 'd1'"),
         ('["d9", "x"]', "JSON object"),
+        ("", "empty line"),  # a blank line is an error unless only blank lines follow it
     ],
 )
 def test_malformed_corpus_line(tmp_path: Path, line: str, problem: str) -> None:
+    good = [json.dumps({"_id": "d1", "text": "ok"}), json.dumps({"_id": "d2", "text": "ok"})]
     path = write_lines(
-        tmp_path / "corpus.jsonl.gz", [json.dumps({"_id": "d1", "text": "ok"}), "", line]
+        tmp_path / "corpus.jsonl.gz", [*good, line, json.dumps({"_id": "d3", "text": "ok"})]
     )
     with pytest.raises(DataFormatError, match=problem) as raised:
         load_corpus(path)

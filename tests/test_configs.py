@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -27,12 +29,11 @@ GROUPS = [
     "variant",
 ]
 # trainer=slurm reads its sizes from the SLURM launcher: tests/test_sweeps.py composes the pair.
-# model=bm25 is an evaluation baseline: tests/test_evaluate.py uses it.
 OPTIONS = [
     (group, str(path.relative_to(CONFIG_DIR / group).with_suffix("")))
     for group in GROUPS
     for path in sorted((CONFIG_DIR / group).rglob("*.yaml"))
-    if (group, path.stem) not in (("trainer", "slurm"), ("model", "bm25"))
+    if (group, path.stem) != ("trainer", "slurm")
 ]
 # data=triples has no default files: give it some so that it composes to something runnable.
 TRIPLES_FILES = [
@@ -131,3 +132,67 @@ def test_impossible_values_name_the_key(override, message, tmp_path):
     with pytest.raises(Exception, match=message):
         instantiate(cfg.data, tokenizer=_tiny_model().tokenizer)
         instantiate(cfg.model)
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        return {
+            key: value
+            for name, child in node.items()
+            for key, value in _leaves(child, f"{prefix}{name}.").items()
+        }
+    return {prefix.rstrip("."): node}
+
+
+ABLATIONS = sorted(
+    str(path.relative_to(CONFIG_DIR / "experiment").with_suffix(""))
+    for path in (CONFIG_DIR / "experiment").rglob("*.yaml")
+    if "variant:" in path.read_text()
+)
+
+
+@pytest.mark.parametrize("experiment", ABLATIONS)
+def test_every_ablation_arm_is_a_variant_changing_one_value(experiment, tmp_path):
+    """An arm is a conf/variant/ file; against the experiment's baseline it changes one leaf."""
+    # compose() leaves the hydra node out: read the swept arms from the file itself
+    text = (CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text()
+    arms = text.split("variant:")[1].split("\n")[0].strip().split(",")
+    assert "baseline" in arms and len(arms) >= 2
+
+    def composed(arm):
+        overrides = [f"experiment={experiment}", f"variant={arm}"]
+        return _leaves(OmegaConf.to_container(compose_train(tmp_path, tmp_path, overrides)))
+
+    baseline = composed("baseline")
+    for arm in arms:
+        if arm == "baseline":
+            continue
+        changed = {key for key, value in composed(arm).items() if baseline.get(key) != value}
+        assert len(changed) == 1, f"{experiment}: variant={arm} changes {sorted(changed)}"
+
+
+def test_model_group_holds_only_trainable_colberts_and_bm25_is_evaluate_only(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from colbert_lightning.config.resolvers import EVALUATE_CONFIG_DIR
+    from colbert_lightning.retrieval.bm25 import BM25Config
+
+    with pytest.raises(ConfigCompositionException, match="model/bm25"):
+        compose_train(tmp_path, tmp_path, ["model=bm25"])
+    with initialize_config_dir(config_dir=str(EVALUATE_CONFIG_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["model=bm25"])
+    assert isinstance(instantiate(cfg.model), BM25Config)
+
+
+def test_the_readme_example_adds_a_model_through_hydra_searchpath(tmp_path):
+    """The README's own snippet, read from the README, composes and instantiates."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("# my_conf/model/big.yaml\n")[1].split("```")[0]
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "big.yaml").write_text(snippet)
+    cfg = compose_train(
+        tmp_path, tmp_path, [f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "model=big"]
+    )
+    model = instantiate(cfg.model)
+    assert isinstance(model, ColBERTConfig)
+    assert (model.encoder_config["hidden_size"], model.dim) == (256, 128)

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from colbert_lightning.config.checks import ConfigError
-from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.config.resolvers import EVALUATE_CONFIG_DIR, register_resolvers
 from colbert_lightning.data.beir import find_beir_file, load_corpus, load_qrels, load_queries
 from colbert_lightning.evaluate import evaluate
 from colbert_lightning.modeling import ColBERT
@@ -20,7 +20,7 @@ from tests.reference import naive_ranking, naive_retrieval_metrics
 
 def compose_evaluate(tmp_path, overrides):
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(EVALUATE_CONFIG_DIR), version_base="1.3"):
         return compose(
             "evaluate",
             overrides=[f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", *overrides],

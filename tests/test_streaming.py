@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import colbert_lightning.resources
+from colbert_lightning.data import ColBERTDataModule, TrainFiles
 from colbert_lightning.data.collate import Collator
 from colbert_lightning.data.errors import DataFormatError
 from colbert_lightning.data.readers import make_reader
@@ -111,7 +112,6 @@ def test_negatives_sampled_deterministically(tmp_path: Path) -> None:
     assert [e.negatives for e in first] != [e.negatives for e in other]
     for i, example in enumerate(first):
         assert set(example.negatives) <= {f"negative {i}.{j}" for j in range(5)}
-    assert all(example.negatives == () for example in make_stream(path, nway=1))
 
 
 def test_bad_lines_raise_or_are_counted(tmp_path: Path) -> None:
@@ -200,3 +200,20 @@ def test_stream_checks_its_settings(tmp_path: Path) -> None:
         make_stream(path, on_bad_line="ignore")
     with pytest.raises(ValueError, match="its reader names"):
         TripleStream(tmp_path / "other.jsonl", make_reader("jsonl", path), 2, 0, 0)
+
+
+@pytest.mark.parametrize("nway", [1, 0, -1, 2.0, True, "2", None])
+def test_stream_and_datamodule_reject_the_same_nway_alike(tmp_path: Path, nway: object) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 4)
+    message = rf"data.nway must be an integer >= 2 \(a positive and a negative\), got {nway!r}"
+    with pytest.raises(ValueError, match=message):
+        make_stream(path, nway=nway)
+    with pytest.raises(ValueError, match=message):
+        ColBERTDataModule(TrainFiles(str(path)), tokenizer=None, nway=nway)
+
+
+@pytest.mark.parametrize("nway", [2, 3, 4])
+def test_stream_and_datamodule_accept_the_same_nway(tmp_path: Path, nway: int) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 4)
+    assert all(len(example.negatives) == nway - 1 for example in make_stream(path, nway=nway))
+    assert ColBERTDataModule(TrainFiles(str(path)), tokenizer=None, nway=nway).nway == nway

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from colbert_lightning.config.checks import ConfigError
-from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.config.resolvers import EVALUATE_CONFIG_DIR, register_resolvers
 from colbert_lightning.evaluation.split import evaluate_split, one_line_table
 from colbert_lightning.retrieval.bm25 import BM25Config
 
@@ -52,7 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(EVALUATE_CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

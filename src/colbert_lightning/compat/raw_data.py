@@ -22,15 +22,18 @@ Written to ``output_dir``:
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from colbert_lightning.data.beir import Corpus, write_qrels
-from colbert_lightning.data.negatives import split_dev_queries
-from colbert_lightning.retrieval.bm25 import BM25Retriever
+from colbert_lightning.data.beir import write_qrels
+from colbert_lightning.data.negatives import (
+    bm25_windows,
+    check_rank_window,
+    sample_negatives,
+    split_dev_queries,
+)
 
 RawKind = Literal["pairs", "labelled_pairs", "triplets"]
 TRIPLES_FILE = "triples.jsonl"
@@ -184,8 +187,7 @@ def write_training_data(
     """
     if num_new_negatives < 0:
         raise ValueError(f"num_new_negatives must be >= 0, got {num_new_negatives}")
-    if not 1 <= min_rank <= max_rank:
-        raise ValueError(f"need 1 <= min_rank <= max_rank (BM25 ranks), got {min_rank}..{max_rank}")
+    check_rank_window(min_rank, max_rank)
     grouped = group_by_query(raw_data, kind, positive_label, negative_label)
     documents: dict[str, str] = {}  # text -> id, in first-seen order
     for text in all_documents or []:
@@ -223,10 +225,14 @@ def write_training_data(
     query_text = {query_id: query for query, query_id in query_ids.items()}
     windows: dict[str, list[str]] = {}
     if mine_hard_negatives and num_new_negatives:
-        corpus = Corpus(list(text_of), list(text_of.values()))
-        retriever = BM25Retriever(corpus.ids, corpus.texts, show_progress=show_progress)
-        rankings = retriever.search({q: query_text[q] for q in train_ids}, k=max_rank)
-        windows = {q: [doc for doc, _ in rankings[q][min_rank - 1 : max_rank]] for q in train_ids}
+        windows = bm25_windows(
+            list(text_of),
+            list(text_of.values()),
+            {q: query_text[q] for q in train_ids},
+            min_rank,
+            max_rank,
+            show_progress=show_progress,
+        )
 
     counts = dict.fromkeys(
         ("triples", "given_negatives", "new_negatives", "skipped_no_negatives"), 0
@@ -243,8 +249,7 @@ def write_training_data(
             if not positive.strip():
                 counts["skipped_empty_positives"] += 1
                 continue
-            rng = random.Random(f"{seed}\t{query_id}\t{documents[positive]}")
-            new = rng.sample(pool, min(num_new_negatives, len(pool)))
+            new = sample_negatives(pool, num_new_negatives, seed, query_id, documents[positive])
             negative_ids = given + new
             if not negative_ids:
                 counts["skipped_no_negatives"] += 1

@@ -20,6 +20,8 @@ CONFIG_DIR = Path(str(importlib.resources.files("colbert_lightning.conf")))
 In a checkout (editable install) this is the top-level ``conf/`` folder itself; in a wheel, its
 installed copy. Add configs of your own with ``hydra.searchpath`` (see the README).
 """
+EVALUATE_CONFIG_DIR = CONFIG_DIR / "evaluate"
+"""``evaluate``'s own folder: its entry config and its ``model/`` group (``model=bm25``)."""
 
 
 def package_model(module_name: str) -> str:

@@ -1,24 +1,25 @@
 """Read a BEIR-layout collection: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
 
-Each JSON-lines file may be plain or gzipped (``.jsonl.gz``). The collections this reads are
-evaluation-sized (up to about 100k documents), so everything is held in memory.
+Every file may be plain or gzipped (``.gz``) and is read by ``lines.text_lines``, like every
+other line-oriented file in ``data/``: invalid UTF-8 or a blank line before the end is an error
+naming the file and the line. The collections this reads are evaluation-sized (up to about 100k
+documents), so everything is held in memory.
 
 Qrels keep every grade, 0 included; a document is *relevant* to a query when its score is > 0.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import NamedTuple
 
 from colbert_lightning.data.errors import DataFormatError
+from colbert_lightning.data.lines import json_value, record_id, text_lines
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 _NON_WORD = re.compile(r"[\W_]+")
@@ -117,40 +118,72 @@ def find_beir_file(root: str | Path, stem: str) -> Path:
     raise FileNotFoundError(f"{root} has neither {stem}.jsonl nor {stem}.jsonl.gz")
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def join_title(title: str, text: str) -> str:
+    """A document's text with its title: ``title + " " + text``, or ``text`` if the title is blank.
+
+    >>> join_title("Wings", "lift and drag"), join_title(" ", "shock waves")
+    ('Wings lift and drag', 'shock waves')
+    """
+    return f"{title} {text}" if title.strip() else text
 
 
-def _read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` for every non-blank line, 1-based."""
-    with _open_text(path) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(
-                    str(path), line_number, f"invalid JSON ({error.msg})"
-                ) from None
-            if not isinstance(record, dict):
-                raise DataFormatError(str(path), line_number, "expected a JSON object")
-            yield line_number, record
+class BeirRecord(NamedTuple):
+    """One line of a BEIR ``corpus.jsonl`` or ``queries.jsonl``.
+
+    Attributes:
+        id: the record's id (a JSON integer id ``7`` is ``"7"``).
+        title: the title; ``""`` when absent or null.
+        text: the text; may be empty.
+    """
+
+    id: str
+    title: str
+    text: str
+
+    @property
+    def titled_text(self) -> str:
+        """The title joined in front of the text (see ``join_title``)."""
+        return join_title(self.title, self.text)
 
 
-def _string_field(record: dict, key: str, path: Path, line_number: int) -> str:
-    if key not in record:
-        raise DataFormatError(str(path), line_number, f"missing field {key!r}")
-    value = record[key]
-    if isinstance(value, int) and not isinstance(value, bool) and key == "_id":
-        return str(value)
-    if not isinstance(value, str):
-        raise DataFormatError(
-            str(path), line_number, f"field {key!r} must be a string, got {type(value).__name__}"
-        )
-    return value
+def parse_beir_record(line: str) -> BeirRecord:
+    """Parse and check one BEIR record ``{"_id", "title", "text"}`` (other fields are ignored).
+
+    The one rule for BEIR lines, used by ``load_corpus``, ``load_queries`` and ``TextStore``:
+    ``_id`` is a non-empty string or an integer; ``text`` is a string; ``title`` is a string,
+    null or absent.
+
+    >>> parse_beir_record('{"_id": 7, "title": null, "text": "lift"}')
+    BeirRecord(id='7', title='', text='lift')
+
+    Args:
+        line: the decoded line (see ``lines.decode_line``).
+
+    Raises:
+        ValueError: the problem, naming the field; callers add the file and the line.
+    """
+    record = json_value(line)
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    for name in ("_id", "text"):
+        if name not in record:
+            raise ValueError(f"missing field {name!r}")
+    text, title = record["text"], record.get("title")
+    if not isinstance(text, str):
+        raise ValueError(f"field 'text' must be a string, got {type(text).__name__}")
+    if title is not None and not isinstance(title, str):
+        raise ValueError(f"field 'title' must be a string, got {type(title).__name__}")
+    return BeirRecord(record_id(record["_id"], "field '_id'"), title or "", text)
+
+
+def _read_records(path: Path) -> Iterator[tuple[int, BeirRecord]]:
+    """Yield ``(line_number, record)`` for every line of a BEIR JSON-lines file, 1-based."""
+    for line_number, line in text_lines(path):
+        try:
+            record = parse_beir_record(line)
+        except ValueError as error:
+            raise DataFormatError(str(path), line_number, str(error)) from None
+        yield line_number, record
 
 
 def _check_first(
@@ -159,7 +192,7 @@ def _check_first(
     """Record where ``key`` first appears; a second appearance is an error saying ``repeated``."""
     if key in first_seen:
         raise DataFormatError(
-            str(path), line_number, f"{repeated} (first on line {first_seen[key]})"
+            str(path), line_number, f"{repeated} (first at line {first_seen[key]})"
         )
     first_seen[key] = line_number
 
@@ -167,71 +200,66 @@ def _check_first(
 def load_corpus(path: str | Path) -> Corpus:
     """Read a BEIR ``corpus.jsonl[.gz]`` (records ``{"_id", "title", "text"}``).
 
-    A missing ``title`` counts as empty; documents with empty text are kept (see
-    ``Corpus.empty_count``).
+    Records are checked by ``parse_beir_record``; a missing or null ``title`` counts as empty;
+    documents with empty text are kept (see ``Corpus.empty_count``).
 
     Raises:
-        DataFormatError: bad JSON, a missing ``_id`` or ``text``, or a duplicate id.
+        DataFormatError: a malformed line or record (see ``lines.text_lines`` and
+            ``parse_beir_record``), or a duplicate id.
     """
     path = Path(path)
     ids: list[str] = []
     texts: list[str] = []
     first_seen: dict[str, int] = {}
-    for line_number, record in _read_json_lines(path):
-        doc_id = _string_field(record, "_id", path, line_number)
-        text = _string_field(record, "text", path, line_number)
-        title = _string_field(record, "title", path, line_number) if "title" in record else ""
-        _check_first(doc_id, first_seen, path, line_number, f"duplicate id {doc_id!r}")
-        ids.append(doc_id)
-        texts.append(f"{title} {text}" if title.strip() else text)
+    for line_number, record in _read_records(path):
+        _check_first(record.id, first_seen, path, line_number, f"duplicate id {record.id!r}")
+        ids.append(record.id)
+        texts.append(record.titled_text)
     return Corpus(ids=ids, texts=texts, path=str(path))
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
     """Read a BEIR ``queries.jsonl[.gz]`` (records ``{"_id", "text"}``) into id -> text.
 
+    Records are checked by ``parse_beir_record``; a query's title, if it has one, is not used.
+
     Raises:
-        DataFormatError: bad JSON, a missing ``_id`` or ``text``, or a duplicate id.
+        DataFormatError: a malformed line or record (see ``lines.text_lines`` and
+            ``parse_beir_record``), or a duplicate id.
     """
     path = Path(path)
     queries: dict[str, str] = {}
     first_seen: dict[str, int] = {}
-    for line_number, record in _read_json_lines(path):
-        query_id = _string_field(record, "_id", path, line_number)
-        text = _string_field(record, "text", path, line_number)
-        _check_first(query_id, first_seen, path, line_number, f"duplicate id {query_id!r}")
-        queries[query_id] = text
+    for line_number, record in _read_records(path):
+        _check_first(record.id, first_seen, path, line_number, f"duplicate id {record.id!r}")
+        queries[record.id] = record.text
     return queries
 
 
 def _read_qrels_lines(path: Path) -> Iterator[tuple[int, str, str, int]]:
     """Yield ``(line_number, query_id, doc_id, score)``, checking the header and columns."""
-    with _open_text(path) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            columns = line.split("\t")
-            if line_number == 1:
-                if tuple(column.strip() for column in columns) != QRELS_HEADER:
-                    raise DataFormatError(
-                        str(path),
-                        line_number,
-                        f"expected the header {'<TAB>'.join(QRELS_HEADER)!r}, got {line!r}",
-                    )
-                continue
-            if len(columns) != 3:
+    for line_number, line in text_lines(path):
+        columns = line.split("\t")
+        if line_number == 1:
+            if tuple(column.strip() for column in columns) != QRELS_HEADER:
                 raise DataFormatError(
-                    str(path), line_number, f"expected 3 tab-separated columns, got {len(columns)}"
+                    str(path),
+                    line_number,
+                    f"expected the header {'<TAB>'.join(QRELS_HEADER)!r}, got {line!r}",
                 )
-            query_id, doc_id, score_text = (column.strip() for column in columns)
-            try:
-                score = int(score_text)
-            except ValueError:
-                raise DataFormatError(
-                    str(path), line_number, f"score must be an integer, got {score_text!r}"
-                ) from None
-            yield line_number, query_id, doc_id, score
+            continue
+        if len(columns) != 3:
+            raise DataFormatError(
+                str(path), line_number, f"expected 3 tab-separated columns, got {len(columns)}"
+            )
+        query_id, doc_id, score_text = (column.strip() for column in columns)
+        try:
+            score = int(score_text)
+        except ValueError:
+            raise DataFormatError(
+                str(path), line_number, f"score must be an integer, got {score_text!r}"
+            ) from None
+        yield line_number, query_id, doc_id, score
 
 
 def load_qrels(
@@ -250,8 +278,9 @@ def load_qrels(
         Query id -> document id -> grade.
 
     Raises:
-        DataFormatError: a wrong header, a wrong column count, a non-integer score, an unknown
-            query or document id, or the same pair judged twice.
+        DataFormatError: a malformed line (see ``lines.text_lines``), a wrong header, a wrong
+            column count, a non-integer score, an unknown query or document id, or the same pair
+            judged twice.
     """
     path = Path(path)
     qrels: Qrels = {}
@@ -304,35 +333,33 @@ def load_candidates(path: str | Path, doc_ids: set[str] | None = None) -> dict[s
         Query id -> candidate document ids.
 
     Raises:
-        DataFormatError: a line that is neither format, a non-integer rank, or an unknown id.
+        DataFormatError: a malformed line (see ``lines.text_lines``), a line that is neither
+            format, a non-integer rank, or an unknown id.
     """
     path = Path(path)
     ranked: dict[str, list[tuple[int, str]]] = {}
-    with _open_text(path) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            columns = line.split()
-            if not columns:
-                continue
-            if len(columns) == 6:
-                query_id, _, doc_id, rank_text = columns[:4]
-                try:
-                    rank = int(rank_text)
-                except ValueError:
-                    raise DataFormatError(
-                        str(path), line_number, f"rank must be an integer, got {rank_text!r}"
-                    ) from None
-            elif len(columns) == 2:
-                query_id, doc_id = columns
-                rank = len(ranked.get(query_id, ()))
-            else:
+    for line_number, line in text_lines(path):
+        columns = line.split()
+        if len(columns) == 6:
+            query_id, _, doc_id, rank_text = columns[:4]
+            try:
+                rank = int(rank_text)
+            except ValueError:
                 raise DataFormatError(
-                    str(path),
-                    line_number,
-                    f"expected a TREC run line (6 columns) or qid<TAB>pid, got {len(columns)}",
-                )
-            if doc_ids is not None and doc_id not in doc_ids:
-                raise DataFormatError(str(path), line_number, f"unknown corpus id {doc_id!r}")
-            ranked.setdefault(query_id, []).append((rank, doc_id))
+                    str(path), line_number, f"rank must be an integer, got {rank_text!r}"
+                ) from None
+        elif len(columns) == 2:
+            query_id, doc_id = columns
+            rank = len(ranked.get(query_id, ()))
+        else:
+            raise DataFormatError(
+                str(path),
+                line_number,
+                f"expected a TREC run line (6 columns) or qid<TAB>pid, got {len(columns)}",
+            )
+        if doc_ids is not None and doc_id not in doc_ids:
+            raise DataFormatError(str(path), line_number, f"unknown corpus id {doc_id!r}")
+        ranked.setdefault(query_id, []).append((rank, doc_id))
     return {
         query_id: [doc_id for _, doc_id in sorted(pairs, key=lambda pair: pair[0])]
         for query_id, pairs in ranked.items()

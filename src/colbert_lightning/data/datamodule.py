@@ -19,11 +19,11 @@ from colbert_lightning.data.beir import (
     text_key,
 )
 from colbert_lightning.data.collate import Collator
-from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine
+from colbert_lightning.data.errors import BadLines, OnBadLine, check_on_bad_line
 from colbert_lightning.data.negatives import prepare_triples
-from colbert_lightning.data.readers import TripleReader, make_reader, open_binary
-from colbert_lightning.data.streaming import TripleStream
-from colbert_lightning.data.text_store import TextStore, numbered_lines
+from colbert_lightning.data.readers import TripleReader, iter_examples, make_reader
+from colbert_lightning.data.streaming import TripleStream, check_nway
+from colbert_lightning.data.text_store import TextStore
 from colbert_lightning.data.types import TrainingBatch
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer
 
@@ -168,16 +168,12 @@ class ColBERTDataModule(pl.LightningDataModule):
         on_bad_line: OnBadLine = "error",
     ) -> None:
         super().__init__()
-        if not isinstance(nway, int) or nway < 2:
-            raise ValueError(
-                f"data.nway must be an integer >= 2 (a positive and a negative), got {nway!r}"
-            )
+        check_nway(nway)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
-        if on_bad_line not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
+        check_on_bad_line(on_bad_line)
         self.train_files = train
         self.dev_files = dev
         self.root = root
@@ -256,14 +252,12 @@ class ColBERTDataModule(pl.LightningDataModule):
         Lines the stream would reject are left out: they are never trained on.
         """
         if self._seen_queries is None:
-            reader, train = self._reader(), set()
-            with open_binary(reader.path) as file:
-                lines = tqdm(numbered_lines(file), desc="training queries", unit=" lines")
-                for line_number, _, line in lines:
-                    try:
-                        train.add(text_key(normalized_text(reader.parse(line, line_number).query)))
-                    except DataFormatError:
-                        continue
+            # Skipped here whatever the policy: the stream raises or counts them when it trains.
+            examples = iter_examples(self._reader(), BadLines("skip"))
+            train = {
+                text_key(normalized_text(example.query))
+                for _, example in tqdm(examples, desc="training queries", unit=" examples")
+            }
             dev_set = self.dev_set()
             dev = () if dev_set is None else dev_set.queries.values()
             dev_keys = frozenset(text_key(normalized_text(query)) for query in dev)

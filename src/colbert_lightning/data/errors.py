@@ -22,6 +22,16 @@ class DataFormatError(ValueError):
         return (type(self), (self.path, self.line, self.problem))
 
 
+def check_on_bad_line(policy: object) -> None:
+    """The one check of ``data.on_bad_line``, by ``ColBERTDataModule`` and ``BadLines``.
+
+    Raises:
+        ValueError: ``policy`` is neither ``error`` nor ``skip``.
+    """
+    if policy not in ("error", "skip"):
+        raise ValueError(f"data.on_bad_line must be 'error' or 'skip', got {policy!r}")
+
+
 @dataclass
 class BadLines:
     """Counts what was skipped, by file and problem, when ``on_bad_line='skip'``.
@@ -35,8 +45,7 @@ class BadLines:
     counts: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        if self.policy not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_line must be 'error' or 'skip', got {self.policy!r}")
+        check_on_bad_line(self.policy)
 
     def handle(self, error: DataFormatError) -> None:
         """Raise ``error`` or count it, by policy."""

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -185,13 +186,54 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _check_arguments(negatives_per_positive: int, min_rank: int, max_rank: int) -> None:
-    if negatives_per_positive < 1:
-        raise ValueError(f"negatives_per_positive must be >= 1, got {negatives_per_positive}")
+def check_rank_window(min_rank: int, max_rank: int) -> None:
+    """Raise ValueError unless ``1 <= min_rank <= max_rank`` (1-based BM25 ranks)."""
     if not 1 <= min_rank <= max_rank:
         raise ValueError(
             f"need 1 <= min_rank <= max_rank (1-based BM25 ranks), got {min_rank}..{max_rank}"
         )
+
+
+def bm25_windows(
+    ids: Sequence[str],
+    texts: Sequence[str],
+    queries: Mapping[str, str],
+    min_rank: int,
+    max_rank: int,
+    k1: float = 0.9,
+    b: float = 0.4,
+    show_progress: bool = True,
+) -> dict[str, list[str]]:
+    """Each query's BM25 ranks ``min_rank..max_rank`` (1-based, inclusive): its negatives pool.
+
+    Args:
+        ids: document ids.
+        texts: their texts, aligned with ``ids``.
+        queries: query id -> text.
+        min_rank: first rank kept.
+        max_rank: last rank kept.
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
+        show_progress: show tqdm bars.
+
+    Returns:
+        Query id -> document ids, best first.
+    """
+    check_rank_window(min_rank, max_rank)
+    retriever = BM25Retriever(ids, texts, k1=k1, b=b, show_progress=show_progress)
+    rankings = retriever.search(dict(queries), k=max_rank)
+    return {
+        query_id: [doc_id for doc_id, _ in ranking[min_rank - 1 : max_rank]]
+        for query_id, ranking in rankings.items()
+    }
+
+
+def sample_negatives(
+    pool: Sequence[str], count: int, seed: int, query_id: str, positive_id: str
+) -> list[str]:
+    """Up to ``count`` of ``pool`` without replacement, seeded by ``(seed, query, positive)``."""
+    rng = random.Random(f"{seed}\t{query_id}\t{positive_id}")
+    return rng.sample(list(pool), min(count, len(pool)))
 
 
 def prepare_triples(
@@ -238,7 +280,9 @@ def prepare_triples(
         DataFormatError: a malformed input line.
         FileNotFoundError: a missing input file or split.
     """
-    _check_arguments(negatives_per_positive, min_rank, max_rank)
+    if negatives_per_positive < 1:
+        raise ValueError(f"negatives_per_positive must be >= 1, got {negatives_per_positive}")
+    check_rank_window(min_rank, max_rank)
     root, output_dir = Path(root), Path(output_dir)
     parameters = _parameters(
         root, split, negatives_per_positive, min_rank, max_rank, dev_queries, seed, k1, b
@@ -262,8 +306,16 @@ def prepare_triples(
             f"split {split!r}; none is left for training"
         )
 
-    retriever = BM25Retriever(corpus.ids, corpus.texts, k1=k1, b=b, show_progress=show_progress)
-    rankings = retriever.search({query_id: queries[query_id] for query_id in train_ids}, k=max_rank)
+    windows = bm25_windows(
+        corpus.ids,
+        corpus.texts,
+        {query_id: queries[query_id] for query_id in train_ids},
+        min_rank,
+        max_rank,
+        k1=k1,
+        b=b,
+        show_progress=show_progress,
+    )
     text_of = dict(zip(corpus.ids, corpus.texts, strict=True))
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -278,15 +330,16 @@ def prepare_triples(
             relevant = {doc_id for doc_id, grade in qrels[query_id].items() if grade > 0}
             window = [
                 doc_id
-                for doc_id, _ in rankings[query_id][min_rank - 1 : max_rank]
+                for doc_id in windows[query_id]
                 if doc_id not in relevant and text_of[doc_id].strip()
             ]
             for positive_id in (d for d, grade in qrels[query_id].items() if grade > 0):
                 if not text_of[positive_id].strip():
                     skipped_empty_positives += 1
                     continue
-                rng = random.Random(f"{seed}\t{query_id}\t{positive_id}")
-                negative_ids = rng.sample(window, min(negatives_per_positive, len(window)))
+                negative_ids = sample_negatives(
+                    window, negatives_per_positive, seed, query_id, positive_id
+                )
                 if not negative_ids:
                     skipped_no_negatives += 1
                     continue

@@ -15,16 +15,21 @@ strings (a JSON integer id ``7`` is ``"7"``).
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import Literal, Protocol
 
 from colbert_lightning.data.errors import BadLines, DataFormatError
-from colbert_lightning.data.text_store import TextStore, UnknownIdError, decode_line, numbered_lines
+from colbert_lightning.data.lines import (
+    decode_line,
+    json_value,
+    numbered_lines,
+    open_binary,
+    record_id,
+)
+from colbert_lightning.data.text_store import TextStore, UnknownIdError
 from colbert_lightning.data.types import TrainingExample
 
 TrainFormat = Literal["jsonl", "colbert_ids", "msmarco_ids", "msmarco_text"]
@@ -54,13 +59,6 @@ class TripleReader(Protocol):
         ...
 
 
-def open_binary(path: str | os.PathLike) -> IO[bytes]:
-    """Open a training file for reading bytes line by line, decompressing ``.gz`` on the fly."""
-    if str(path).lower().endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 def iter_examples(
     reader: TripleReader, bad_lines: BadLines | None = None
 ) -> Iterator[tuple[int, TrainingExample]]:
@@ -86,16 +84,17 @@ def iter_examples(
 
 def _text_of(path: str, line: bytes, line_number: int) -> str:
     try:
-        return decode_line(line, line_number)
+        return decode_line(line, first=line_number == 1)
     except ValueError as error:
         raise DataFormatError(path, line_number, str(error)) from None
 
 
 def _json_of(path: str, line: bytes, line_number: int) -> object:
+    text = _text_of(path, line, line_number)
     try:
-        return json.loads(_text_of(path, line, line_number))
-    except json.JSONDecodeError as error:
-        raise DataFormatError(path, line_number, f"bad JSON: {error}") from None
+        return json_value(text)
+    except ValueError as error:
+        raise DataFormatError(path, line_number, str(error)) from None
 
 
 def _columns_of(path: str, line: bytes, line_number: int, names: tuple[str, ...]) -> list[str]:
@@ -111,13 +110,21 @@ def _columns_of(path: str, line: bytes, line_number: int, names: tuple[str, ...]
 
 
 def _id_of(path: str, line_number: int, value: object, what: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and value:
-        return value
-    raise DataFormatError(
-        path, line_number, f"{what} must be a non-empty string or an integer, got {value!r}"
-    )
+    try:
+        return record_id(value, what)
+    except ValueError as error:
+        raise DataFormatError(path, line_number, str(error)) from None
+
+
+def require_negatives(path: str, line_number: int, negatives: int, needed: int) -> None:
+    """Check that a line has at least ``needed`` negatives.
+
+    Raises:
+        DataFormatError: ``needs at least <needed> negatives, has <negatives>``.
+    """
+    if negatives < needed:
+        problem = f"needs at least {needed} negatives, has {negatives}"
+        raise DataFormatError(path, line_number, problem)
 
 
 def _lookup(path: str, line_number: int, store: TextStore, record_id: str, what: str) -> str:
@@ -143,10 +150,7 @@ def _example(
     """
     query, positive, negatives = texts
     query_label, positive_label, negative_labels = labels
-    if len(negatives) < min_negatives:
-        raise DataFormatError(
-            path, line_number, f"needs at least {min_negatives} negatives, has {len(negatives)}"
-        )
+    require_negatives(path, line_number, len(negatives), min_negatives)
     for text, label in zip(
         (query, positive, *negatives), (query_label, positive_label, *negative_labels), strict=True
     ):
@@ -288,9 +292,8 @@ def _examples_from_ids(
     negative_ids: list[str],
 ) -> TrainingExample:
     path = reader.path
-    if len(negative_ids) < reader.min_negatives:
-        problem = f"needs at least {reader.min_negatives} negatives, has {len(negative_ids)}"
-        raise DataFormatError(path, line_number, problem)
+    # Checked before the look-ups too, so a short line is reported as short, not by a missing id.
+    require_negatives(path, line_number, len(negative_ids), reader.min_negatives)
     query = _lookup(path, line_number, reader.queries, query_id, "query")
     positive = _lookup(path, line_number, reader.collection, positive_id, "passage")
     negatives = [
@@ -358,6 +361,8 @@ def make_reader(
         raise ValueError(f"unknown training data format {fmt!r}; expected one of {TRAIN_FORMATS}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such training file: {path}")
+    # A bound on the lines a reader accepts, not on nway: 0 (read every line) is a valid reader,
+    # though ColBERTDataModule, which checks nway once (``check_nway``), always asks for >= 1.
     if min_negatives < 0:
         raise ValueError(f"min_negatives must be >= 0, got {min_negatives}")
     if fmt in _ONE_NEGATIVE_FORMATS and min_negatives > 1:

@@ -15,9 +15,24 @@ from collections.abc import Callable, Iterator
 from torch.utils.data import IterableDataset, get_worker_info
 
 from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine
-from colbert_lightning.data.readers import TripleReader, open_binary
-from colbert_lightning.data.text_store import numbered_lines
+from colbert_lightning.data.lines import numbered_lines, open_binary
+from colbert_lightning.data.readers import TripleReader, require_negatives
 from colbert_lightning.data.types import TrainingBatch, TrainingExample
+
+
+def check_nway(nway: object) -> None:
+    """The one check of ``nway``, by ``ColBERTDataModule`` (the config) and ``TripleStream``.
+
+    At least 2, a positive and a hard negative per query: with ``nway=1`` there would be no
+    hard negatives and the n-way loss would be a constant 0.
+
+    Raises:
+        ValueError: ``nway`` is not an integer >= 2.
+    """
+    if isinstance(nway, bool) or not isinstance(nway, int) or nway < 2:
+        raise ValueError(
+            f"data.nway must be an integer >= 2 (a positive and a negative), got {nway!r}"
+        )
 
 
 class TripleStream(IterableDataset):
@@ -33,7 +48,7 @@ class TripleStream(IterableDataset):
     Args:
         path: the training file (may be ``.gz``); the same file the reader names in its errors.
         reader: parses one line of the training file.
-        nway: documents per query: the positive and ``nway - 1`` negatives.
+        nway: documents per query: the positive and ``nway - 1`` negatives (see ``check_nway``).
         seed: seeds the shuffle and the choice of negatives.
         shuffle_buffer: examples held for shuffling; ``<= 1`` keeps file order.
         on_bad_line: ``error`` raises on a bad line; ``skip`` counts it and goes on.
@@ -73,8 +88,7 @@ class TripleStream(IterableDataset):
         super().__init__()
         if os.path.abspath(path) != os.path.abspath(reader.path):
             raise ValueError(f"the stream reads {path} but its reader names {reader.path}")
-        if nway < 1:
-            raise ValueError(f"nway must be >= 1, got {nway}")
+        check_nway(nway)
         if max_passes is not None and max_passes < 1:
             raise ValueError(f"max_passes must be >= 1 or None (endless), got {max_passes}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -158,9 +172,8 @@ class TripleStream(IterableDataset):
         needed = self.nway - 1
         try:
             example = self.reader.parse(line, line_number)
-            if len(example.negatives) < needed:
-                problem = f"needs at least {needed} negatives, has {len(example.negatives)}"
-                raise DataFormatError(self.path, line_number, problem)
+            # The reader may accept fewer (its min_negatives is its own); this stream needs these.
+            require_negatives(self.path, line_number, len(example.negatives), needed)
         except DataFormatError as error:
             # Later passes meet the same bad lines again: count (or raise) them once.
             if pass_index == 0:

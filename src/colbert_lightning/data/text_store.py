@@ -8,9 +8,7 @@ parses it and checks the id, so hash collisions cost a second read and never a w
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -23,13 +21,20 @@ from typing import IO, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from colbert_lightning.data.beir import join_title, parse_beir_record
 from colbert_lightning.data.errors import BadLines, DataFormatError
+from colbert_lightning.data.lines import (
+    GZIP_SUFFIX,
+    decode_line,
+    is_gzipped,
+    numbered_lines,
+    open_binary,
+)
 
 StoreFormat = Literal["auto", "beir", "tsv"]
 
 # Files at least this large get a progress bar while they are indexed or decompressed.
 PROGRESS_MIN_BYTES = 50 * 2**20
-_UTF8_BOM = b"\xef\xbb\xbf"
 _SUFFIX_FORMATS = {".jsonl": "beir", ".json": "beir", ".tsv": "tsv"}
 
 
@@ -79,8 +84,8 @@ def resolve_format(path: str | os.PathLike, fmt: StoreFormat = "auto") -> Litera
     if fmt != "auto":
         raise ValueError(f"unknown text file format {fmt!r}; expected 'auto', 'beir' or 'tsv'")
     name = Path(path).name.lower()
-    if name.endswith(".gz"):
-        name = name[: -len(".gz")]
+    if is_gzipped(name):
+        name = name[: -len(GZIP_SUFFIX)]
     suffix = Path(name).suffix
     if suffix not in _SUFFIX_FORMATS:
         raise ValueError(
@@ -90,66 +95,9 @@ def resolve_format(path: str | os.PathLike, fmt: StoreFormat = "auto") -> Litera
     return _SUFFIX_FORMATS[suffix]
 
 
-def numbered_lines(file: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(line_number, byte_offset, line)`` for each line of a binary file.
-
-    Line numbers are 1-based. Blank lines at the very end of the file (an editor's trailing
-    newlines) are left out; blank lines anywhere else are yielded for the caller to reject.
-    """
-    offset = 0
-    trailing_blanks: list[tuple[int, int, bytes]] = []
-    for line_number, line in enumerate(file, start=1):
-        if line.strip():
-            yield from trailing_blanks
-            trailing_blanks.clear()
-            yield line_number, offset, line
-        else:
-            trailing_blanks.append((line_number, offset, line))
-        offset += len(line)
-
-
-def decode_line(line: bytes, line_number: int) -> str:
-    """The text of one line, without its line ending (and a UTF-8 BOM on line 1).
-
-    Raises:
-        ValueError: the line is not valid UTF-8 or is blank; the message names the problem.
-    """
-    line = line.rstrip(b"\r\n")
-    if line_number == 1 and line.startswith(_UTF8_BOM):
-        line = line[len(_UTF8_BOM) :]
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"invalid UTF-8 at byte {error.start} of the line") from None
-    if not text.strip():
-        raise ValueError("empty line")
-    return text
-
-
-def _join_title(title: str, text: str) -> str:
-    return f"{title} {text}" if title.strip() else text
-
-
 def _parse_beir(line: str) -> tuple[str, str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"bad JSON: {error}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    for name in ("_id", "text"):
-        if name not in record:
-            raise ValueError(f"missing field {name!r}")
-    record_id, text, title = record["_id"], record["text"], record.get("title")
-    if isinstance(record_id, int) and not isinstance(record_id, bool):
-        record_id = str(record_id)
-    if not isinstance(record_id, str) or not record_id:
-        raise ValueError(f"field '_id' must be a non-empty string or an integer, got {record_id!r}")
-    if not isinstance(text, str):
-        raise ValueError(f"field 'text' must be a string, got {type(text).__name__}")
-    if title is not None and not isinstance(title, str):
-        raise ValueError(f"field 'title' must be a string, got {type(title).__name__}")
-    return record_id, _join_title(title or "", text)
+    record = parse_beir_record(line)
+    return record.id, record.titled_text
 
 
 def _parse_tsv(line: str) -> tuple[str, str]:
@@ -161,7 +109,7 @@ def _parse_tsv(line: str) -> tuple[str, str]:
     if not columns[0]:
         raise ValueError("empty id")
     title = columns[2] if len(columns) == 3 else ""
-    return columns[0], _join_title(title, columns[1])
+    return columns[0], join_title(title, columns[1])
 
 
 def _progress(total_bytes: int, description: str) -> tqdm:
@@ -177,11 +125,12 @@ def _progress(total_bytes: int, description: str) -> tqdm:
 class TextStore:
     """Read-only ``id -> text`` mapping over a BEIR JSONL or a TSV file, backed by the file.
 
-    BEIR lines are ``{"_id": ..., "title": ..., "text": ...}`` (title optional); TSV lines are
-    ``id<TAB>text`` or colbert-ai's ``id<TAB>text<TAB>title``. A non-empty title is joined in
-    front of the text with a space. Empty texts are kept: callers decide whether they are errors.
-    Gzip files are decompressed once into ``cache_dir`` (or a temporary folder removed with the
-    store), because seeking in gzip is slow; plain files are read in place.
+    BEIR lines are ``{"_id": ..., "title": ..., "text": ...}``, checked by ``parse_beir_record``
+    exactly as ``load_corpus`` checks them; TSV lines are ``id<TAB>text`` or colbert-ai's
+    ``id<TAB>text<TAB>title``. A non-empty title is joined in front of the text with a space.
+    Empty texts are kept: callers decide whether they are errors. Gzip files are decompressed
+    once into ``cache_dir`` (or a temporary folder removed with the store), because seeking in
+    gzip is slow; plain files are read in place.
 
     The store pickles without its file handle, which each process reopens on first use, so it
     can go to DataLoader workers.
@@ -212,7 +161,7 @@ class TextStore:
         self._parse_text = _parse_beir if self.fmt == "beir" else _parse_tsv
         self._file: IO[bytes] | None = None
         self._pid: int | None = None
-        if self.path.lower().endswith(".gz"):
+        if is_gzipped(self.path):
             self._data_path = self._decompressed_copy(cache_dir)
         else:
             self._data_path = self.path
@@ -244,9 +193,7 @@ class TextStore:
         offsets = np.sort(self._offsets)
         with open(self._data_path, "rb") as file:
             for offset in offsets.tolist():
-                if file.tell() != offset:
-                    file.seek(offset)
-                yield self._parse(file.readline(), line_number=0)[0]
+                yield self._read_indexed(file, offset)[0]
 
     def close(self) -> None:
         """Close this process's file handle; the next lookup reopens it."""
@@ -266,15 +213,23 @@ class TextStore:
         return f"TextStore({self.path!r}, fmt={self.fmt!r}, {len(self)} records)"
 
     def _parse(self, line: bytes, line_number: int) -> tuple[str, str]:
-        """``(id, text)`` of one line; ``line_number`` 0 means an already indexed line."""
+        """``(id, text)`` of line ``line_number`` (1-based), met while indexing."""
         try:
-            return self._parse_text(decode_line(line, line_number))
+            return self._parse_text(decode_line(line, first=line_number == 1))
         except ValueError as error:
-            if line_number == 0:
-                raise RuntimeError(
-                    f"{self.path} changed after it was indexed ({error}); rebuild the store"
-                ) from None
             raise DataFormatError(self.path, line_number, str(error)) from None
+
+    def _read_indexed(self, file: IO[bytes], offset: int) -> tuple[str, str]:
+        """``(id, text)`` of the line indexed at byte ``offset``, read back from ``file``."""
+        if file.tell() != offset:
+            file.seek(offset)
+        try:
+            # Offset 0 is line 1, whose BOM (if any) indexing stripped too.
+            return self._parse_text(decode_line(file.readline(), first=offset == 0))
+        except ValueError as error:
+            raise RuntimeError(
+                f"{self.path} changed after it was indexed ({error}); rebuild the store"
+            ) from None
 
     def _handle(self) -> IO[bytes]:
         # DataLoader workers inherit or unpickle the store; each process needs its own handle.
@@ -288,8 +243,7 @@ class TextStore:
         position = int(np.searchsorted(self._hashes, key, side="left"))
         file = self._handle()
         while position < len(self._hashes) and self._hashes[position] == key:
-            file.seek(int(self._offsets[position]))
-            found_id, text = self._parse(file.readline(), line_number=0)
+            found_id, text = self._read_indexed(file, int(self._offsets[position]))
             if found_id == record_id:
                 return text
             position += 1
@@ -309,18 +263,19 @@ class TextStore:
         key = hashlib.blake2b(
             f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode(), digest_size=8
         ).hexdigest()
-        target = folder / f"{source.name[: -len('.gz')]}.{key}"
+        target = folder / f"{source.name[: -len(GZIP_SUFFIX)]}.{key}"
         if target.is_file():
             return str(target)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         with (
-            gzip.open(source, "rb") as compressed,
+            open_binary(source) as compressed,
             open(partial, "wb") as plain,
             _progress(stat.st_size, f"decompressing {source.name}") as progress,
         ):
             while chunk := compressed.read(2**22):
                 plain.write(chunk)
-                progress.n = compressed.fileobj.tell()  # compressed bytes read so far
+                # A .gz source opens as a GzipFile, whose fileobj has read the compressed bytes.
+                progress.n = compressed.fileobj.tell()
                 progress.refresh()
         # Atomic, so several ranks decompressing at once all end with a whole file.
         os.replace(partial, target)
@@ -378,8 +333,7 @@ class TextStore:
                     end += 1
                 first_line: dict[str, int] = {}
                 for position in range(start, end):
-                    file.seek(int(offsets[position]))
-                    record_id, _ = self._parse(file.readline(), line_number=0)
+                    record_id, _ = self._read_indexed(file, int(offsets[position]))
                     line_number = int(line_numbers[position])
                     if record_id in first_line:
                         first = first_line[record_id]

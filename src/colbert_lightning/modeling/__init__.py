@@ -1,4 +1,9 @@
-"""The ColBERT model: config, tokenisation and the encoder + projection module."""
+"""The ColBERT model: config, tokenisation, the encoder + projection module, folder formats.
+
+``config`` (``ColBERTConfig``), ``tokenization`` (markers, [MASK] expansion, skiplist),
+``colbert`` (the ``nn.Module``, loading any checkpoint or folder) and ``formats`` (colbert-ai,
+PyLate and hf folders, read and written).
+"""
 
 from colbert_lightning.modeling.colbert import (
     ColBERT,

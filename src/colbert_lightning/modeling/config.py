@@ -15,8 +15,10 @@ class ColBERTConfig:
     """Hyper-parameters of a ColBERT model, saved with every checkpoint.
 
     Attributes:
-        init: ``pretrained`` loads the encoder's weights from ``name_or_path`` (the projection
-            stays random); ``random`` builds the encoder from a config and loads no weight.
+        init: ``pretrained`` loads the encoder's weights from ``name_or_path``; the projection
+            is random unless ``name_or_path`` is a ColBERT folder (colbert-ai, PyLate or an
+            export), whose projection is loaded too. ``random`` builds the encoder from a
+            config and loads no weight.
         name_or_path: hub name (``bert-base-uncased``) or local folder of the encoder. With
             ``init=random`` it only supplies the architecture config, and may be ``None`` when
             ``encoder_config`` names a ``model_type``.

@@ -25,7 +25,7 @@ Ranking = list[tuple[str, float]]
 
 @dataclass(frozen=True)
 class BM25Config:
-    """The BM25 baseline as a ``model/`` option (``model=bm25``) of ``evaluate``.
+    """The BM25 baseline as evaluate's ``model=bm25`` (``conf/evaluate/model/bm25.yaml``).
 
     Attributes:
         k1: term-frequency saturation.

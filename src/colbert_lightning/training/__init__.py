@@ -1,6 +1,11 @@
-"""Training: the LightningModule, its callbacks and learning-rate schedules."""
+"""Training: one run from a config, the LightningModule, its callbacks, distributed helpers.
 
-from colbert_lightning.schedules import warmup_then_decay
+``run`` (``train(cfg)``: data, model, trainer, test evaluation, ``results.json``), ``module``
+(``ColBERTModule``: loss, dev evaluation), ``callbacks`` (evaluation schedule, best dev
+checkpoint, atomic and pre-emption checkpoints), ``distributed`` (gathers, the dev
+evaluation's process group) and ``threads`` (the run's fixed CPU thread count).
+"""
+
 from colbert_lightning.training.callbacks import (
     AtomicCheckpointIO,
     BestDevCheckpoint,
@@ -15,5 +20,4 @@ __all__ = [
     "ColBERTModule",
     "PreemptionCheckpoint",
     "RetrievalEvaluation",
-    "warmup_then_decay",
 ]
