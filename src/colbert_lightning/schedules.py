@@ -11,6 +11,14 @@ from torch.optim.lr_scheduler import LambdaLR
 Decay = Literal["linear", "cosine", "constant"]
 
 
+def check_decay(decay: str) -> None:
+    """Raise ValueError unless ``decay`` is ``linear``, ``cosine`` or ``constant``."""
+    if decay not in ("linear", "cosine", "constant"):
+        raise ValueError(
+            f"module.scheduler.decay must be linear, cosine or constant, got {decay!r}"
+        )
+
+
 def resolve_warmup_steps(warmup_steps: int | float, max_steps: int) -> int:
     """Warmup length in steps: an int is a count, a float in [0, 1) a fraction of ``max_steps``.
 
@@ -54,7 +62,7 @@ def lr_factor(
     elif decay == "cosine":
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
-        raise ValueError(f"decay must be 'linear', 'cosine' or 'constant', got {decay!r}")
+        check_decay(decay)
     return min_ratio + (1.0 - min_ratio) * shape
 
 
@@ -76,10 +84,7 @@ def warmup_then_decay(
     """
     if max_steps is None or max_steps < 1:
         raise ValueError(f"the schedule needs trainer.max_steps >= 1, got {max_steps}")
-    if decay not in ("linear", "cosine", "constant"):
-        raise ValueError(
-            f"module.scheduler.decay must be linear, cosine or constant, got {decay!r}"
-        )
+    check_decay(decay)
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"module.scheduler.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
     warmup = resolve_warmup_steps(warmup_steps, max_steps)

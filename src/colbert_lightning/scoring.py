@@ -18,6 +18,12 @@ import torch
 Similarity = Literal["cosine", "l2"]
 
 
+def check_similarity(similarity: str) -> None:
+    """Raise ValueError unless ``similarity`` is ``cosine`` or ``l2``."""
+    if similarity not in ("cosine", "l2"):
+        raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
+
+
 def token_similarity(
     queries: torch.Tensor, documents: torch.Tensor, similarity: Similarity = "cosine"
 ) -> torch.Tensor:
@@ -36,11 +42,10 @@ def token_similarity(
     dots = torch.einsum("qid,pjd->qpij", queries, documents)
     if similarity == "cosine":
         return dots
-    if similarity == "l2":
-        query_norms = queries.pow(2).sum(-1)[:, None, :, None]  # (Q, 1, Lq, 1)
-        doc_norms = documents.pow(2).sum(-1)[None, :, None, :]  # (1, D, 1, Ld)
-        return 2 * dots - query_norms - doc_norms
-    raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
+    check_similarity(similarity)
+    query_norms = queries.pow(2).sum(-1)[:, None, :, None]  # (Q, 1, Lq, 1)
+    doc_norms = documents.pow(2).sum(-1)[None, :, None, :]  # (1, D, 1, Ld)
+    return 2 * dots - query_norms - doc_norms
 
 
 def maxsim(
@@ -98,13 +103,12 @@ def maxsim_grouped(
     Returns:
         (B, N) scores; ``result[b, n] == maxsim(queries[b:b+1], ..., documents[b, n:n+1], ...)``.
     """
+    check_similarity(similarity)
     dots = torch.einsum("bid,bnjd->bnij", queries, documents)  # (B, N, Lq, Ld)
     if similarity == "l2":
         query_norms = queries.pow(2).sum(-1)[:, None, :, None]
         doc_norms = documents.pow(2).sum(-1)[:, :, None, :]
         dots = 2 * dots - query_norms - doc_norms
-    elif similarity != "cosine":
-        raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
     return _sum_of_best_matches(dots, query_mask.bool()[:, None, :], document_mask.bool())
 
 
