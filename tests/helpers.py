@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
+from colbert_lightning.resources import resource_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,18 @@ TINY_OVERRIDES = [
     "model.doc_maxlen=64",
     "model.query_maxlen=16",
 ]
+
+
+def triples_with_cranfield_dev(triples: Path) -> list[str]:
+    """Overrides that train on the file ``triples`` (``data=triples``) with Cranfield as dev set."""
+    cranfield = resource_path("cranfield")
+    return [
+        "data=triples",
+        f"data.train.path={triples}",
+        f"data.dev.corpus={cranfield}/corpus.jsonl.gz",
+        f"data.dev.queries={cranfield}/queries.jsonl.gz",
+        f"data.dev.qrels={cranfield}/qrels/test.tsv",
+    ]
 
 
 def compose_train(output_dir: Path, cache_dir: Path, overrides: list[str] = ()) -> DictConfig:
@@ -60,7 +73,6 @@ def split_cranfield(folder: Path, test_queries: int = 50) -> Path:
     ``qrels/test.tsv`` of ``test_queries`` (the shipped folder has only ``test``, from which the
     default config draws both training and dev queries)."""
     from colbert_lightning.data.beir import load_qrels, write_qrels
-    from colbert_lightning.resources import resource_path
 
     source = Path(resource_path("cranfield"))
     (folder / "qrels").mkdir(parents=True, exist_ok=True)

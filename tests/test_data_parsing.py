@@ -95,6 +95,16 @@ REJECTED: dict[str, tuple[list[bytes], int, str]] = {
     "truncated JSON": (between(b'{"_id": "d", "text": "x"'), 3, "bad JSON: "),
     "invalid UTF-8": (between(b'{"_id": "d", "text": "\xff"}'), 3, "invalid UTF-8 at byte 22"),
     "blank line before the end": (between(b""), 3, "empty line"),
+    "byte-order mark on line 3 (files joined)": (
+        between(b'\xef\xbb\xbf{"_id": "d", "text": "x"}'),
+        3,
+        "a byte-order mark (U+FEFF) starts this line; only the first line of a file may have one",
+    ),
+    "UTF-16": (
+        ['{"_id": "d", "text": "x"}'.encode("utf-16"), FIRST],
+        1,
+        "the file is UTF-16 (by its byte-order mark); convert it to UTF-8",
+    ),
     "repeated id": (
         between(b'{"_id": "g1", "text": "again"}'),
         3,
@@ -169,6 +179,7 @@ def test_one_gzip_decision_and_one_line_decoder(tmp_path: Path) -> None:
     with open_binary(path) as file:
         assert file.read() == b"a\tb\n"
     assert decode_line(b"\xef\xbb\xbfx\r\n", first=True) == "x"
-    assert decode_line(b"\xef\xbb\xbfx\n", first=False) == "\ufeffx"  # a BOM only starts a file
+    with pytest.raises(ValueError, match="only the first line of a file may have one"):
+        decode_line(b"\xef\xbb\xbfx\n", first=False)  # a BOM only starts a file
     with pytest.raises(ValueError, match="bad JSON: "):
         json_value("{")

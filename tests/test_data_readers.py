@@ -5,9 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from colbert_lightning.data.errors import BadLines, DataFormatError
 from colbert_lightning.data.readers import (
@@ -298,3 +300,72 @@ def test_make_reader_errors(tmp_path: Path, stores: tuple[TextStore, TextStore])
         make_reader("msmarco_text", path, min_negatives=2)
     with pytest.raises(FileNotFoundError, match="no such training file"):
         make_reader("jsonl", tmp_path / "missing.jsonl")
+
+
+# ---- TextCap: enormous texts shortened on read, the tokens kept unchanged ------------------
+
+CAP_WORDS = (
+    "wing lift drag shock boundary-layer laminar turbulent Émile naïve Σίσυφος ΟΔΟΣ 机翼 升力 "
+    "don't x-ray 3.5 (supersonic) flow, heat; ´acute ﬁne ½ résumé"
+).split()
+
+
+def cap_text_of(shape: str) -> str:
+    generator = random.Random(shape)
+    words = [generator.choice(CAP_WORDS) for _ in range(6000)]
+    if shape == "prose":
+        return " ".join(words)
+    if shape == "whitespace runs":
+        runs = [" ", "  ", "\t", "\n", " \u3000 ", "\xa0", " \r\n "]
+        return "".join(word + generator.choice(runs) for word in words)
+    if shape == "words of over 100 letters":  # one [UNK] each, 150 characters per token
+        return " ".join("x" * generator.randint(101, 200) for _ in range(2000)) + " " + words[0]
+    if shape == "characters the tokenizer drops":  # the first cut holds no token at all
+        return "\u200b\u0301 " * 10_000 + " ".join(words)
+    assert shape == "one long word"
+    return "w" * 40_000
+
+
+@pytest.fixture(scope="module")
+def colbert_tokenizer():
+    from colbert_lightning.modeling.tokenization import ColBERTTokenizer, load_tokenizer
+    from tests.conftest import tiny_config
+
+    config = tiny_config(query_maxlen=32, doc_maxlen=180)
+    return ColBERTTokenizer(load_tokenizer(config), config)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "prose",
+        "whitespace runs",
+        "words of over 100 letters",
+        "characters the tokenizer drops",
+        "one long word",
+    ],
+)
+def test_text_cap_keeps_the_tokens_the_model_keeps(colbert_tokenizer, shape: str) -> None:
+    from colbert_lightning.data.collate import TextCap
+
+    cap = TextCap(colbert_tokenizer)
+    text = cap_text_of(shape)
+    query, document = cap.query(text), cap.document(text)
+    assert text.startswith(query) and text.startswith(document)
+    if shape == "one long word":  # no space to cut at
+        assert query == document == text
+    else:
+        assert len(query) <= len(document) < len(text)
+    assert torch.equal(
+        colbert_tokenizer.queries([query]).input_ids, colbert_tokenizer.queries([text]).input_ids
+    )
+    shortened = colbert_tokenizer.documents([document]).input_ids
+    assert torch.equal(shortened, colbert_tokenizer.documents([text]).input_ids)
+
+
+def test_text_cap_leaves_short_texts_alone(colbert_tokenizer) -> None:
+    from colbert_lightning.data.collate import TextCap
+
+    cap = TextCap(colbert_tokenizer)
+    text = " ".join(CAP_WORDS)
+    assert cap.query(text) is text and cap.document(text) is text

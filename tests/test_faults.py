@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import InstantiationException
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from colbert_lightning.config.checks import ConfigError
 from colbert_lightning.modeling import ColBERT
@@ -153,16 +152,17 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, cache_dir, monkeypatch):
     saves = {"n": 0}
-    original = TorchCheckpointIO.save_checkpoint
+    original = Path.write_bytes
 
-    def disk_full_on_second_save(self, checkpoint, path, storage_options=None):
-        saves["n"] += 1
-        if saves["n"] == 2:
-            Path(path).write_bytes(b"partial")  # what a full disk leaves behind
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return original(self, checkpoint, path, storage_options)
+    def disk_full_on_second_save(self, data):
+        if ".ckpt.tmp-" in self.name:  # the temporary file a checkpoint is written to
+            saves["n"] += 1
+            if saves["n"] == 2:
+                original(self, b"partial")  # what a full disk leaves behind
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, data)
 
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", disk_full_on_second_save)
+    monkeypatch.setattr(Path, "write_bytes", disk_full_on_second_save)
     overrides = [
         *RESUMABLE,
         "data.num_workers=0",

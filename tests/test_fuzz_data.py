@@ -6,7 +6,9 @@ import json
 import random
 
 import pytest
+import torch
 
+from colbert_lightning.data import ColBERTDataModule, TrainFiles
 from colbert_lightning.data.collate import Collator
 from colbert_lightning.data.errors import BadLines, DataFormatError
 from colbert_lightning.data.readers import iter_examples, make_reader
@@ -14,7 +16,7 @@ from colbert_lightning.data.text_store import TextStore
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, load_tokenizer
 from colbert_lightning.training.run import train
 from tests.conftest import tiny_config
-from tests.helpers import TINY_OVERRIDES, compose_train
+from tests.helpers import TINY_OVERRIDES, compose_train, triples_with_cranfield_dev
 
 LINES = 40
 
@@ -105,43 +107,64 @@ def test_duplicate_ids_in_a_collection(tmp_path):
     assert store["p1"] == "one" and bad_lines.total == 1
 
 
-def test_enormous_texts_are_accepted_and_truncated(tmp_path):
-    enormous = " ".join(["word"] * 1_000_000)  # ~5 MB on one line
+def test_enormous_texts_are_shortened_on_read_to_the_same_tokens(tmp_path):
+    sentence = "the wing of the aircraft gives lift, said Émile. "
+    enormous = sentence * (10_000_000 // len(sentence))  # 10 MB of text on one line
     path = tmp_path / "train.jsonl"
     path.write_text(
         json.dumps({"query": enormous, "positive": enormous, "negatives": ["n"]}) + "\n"
     )
-    [(_, example)] = list(iter_examples(make_reader("jsonl", path)))
     config = tiny_config(query_maxlen=16, doc_maxlen=48)
-    batch = Collator(ColBERTTokenizer(load_tokenizer(config), config))([example])
+    tokenizer = ColBERTTokenizer(load_tokenizer(config), config)
+    datamodule = ColBERTDataModule(TrainFiles(str(path)), tokenizer, shuffle_buffer=0)
+    stream = datamodule.train_dataset(max_passes=1)
+    stream.collate = None
+    [example] = list(stream)
+    # shortened once, as read: neither the shuffle buffer nor the tokenizer sees 10 MB
+    assert len(example.query) < 1000 and len(example.positive) < 2000
+    assert enormous.startswith(example.query) and enormous.startswith(example.positive)
+    batch = Collator(tokenizer)([example])
     assert batch.queries.input_ids.shape == (1, 16)
     assert batch.documents.input_ids.shape == (2, 48)
+    # what the whole text gives: its first 400 sentences hold far more than 48 tokens
+    whole = tokenizer.documents([sentence * 400, "n"])
+    assert torch.equal(batch.documents.input_ids, whole.input_ids)
+    assert torch.equal(batch.queries.input_ids, tokenizer.queries([sentence * 400]).input_ids)
 
 
 def test_skipped_lines_are_counted_in_results(tmp_path):
-    good = [
-        {"query": f"wing {i}", "positive": f"lift {i}", "negatives": [f"drag {i}"]}
-        for i in range(30)
+    # Every even line bad: two DataLoader workers, each with half of the valid lines.
+    lines = [
+        json.dumps({"query": f"wing {i}", "positive": f"lift {i}", "negatives": [f"drag {i}"]})
+        for i in range(16)
     ]
-    lines = [json.dumps(record) for record in good]
-    lines[3] = '{"query": "truncated'
-    lines[10] = json.dumps({"query": "q", "positive": "", "negatives": ["n"]})
-    lines[20] = "\xff"
+    bad = [
+        '{"query": "truncated',
+        json.dumps({"query": "q", "positive": "", "negatives": ["n"]}),
+        "\udcff",  # invalid UTF-8 once written with surrogateescape
+        "[]",
+        json.dumps({"query": "q", "positive": "p"}),
+        json.dumps({"query": "q", "positive": "p", "negatives": []}),
+        "",
+        "{broken",
+    ]
+    lines[1::2] = bad
     triples = tmp_path / "triples.jsonl"
-    triples.write_text("\n".join(lines) + "\n")
+    triples.write_bytes(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
     overrides = [
         *TINY_OVERRIDES,
-        f"data.train.path={triples}",
+        *triples_with_cranfield_dev(triples),
         "data.on_bad_line=skip",
-        "data.num_workers=1",
-        "data.batch_size=4",
-        "trainer.max_steps=12",  # more than one pass: each bad line is still counted once
-        "callbacks.evaluation.schedule.at_start=false",
-        "logger=csv",
+        "data.num_workers=2",
+        "data.batch_size=2",
+        "trainer.max_steps=8",  # two passes over the 8 valid lines: each bad line counted once
+        "callbacks=none",
+        "logger=none",
     ]
     results = train(compose_train(tmp_path / "run", tmp_path / "cache", overrides))
-    assert results["skipped_lines"] == 3
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped_lines"] == 3
+    assert results["steps"] == 8 and results["examples_seen"] == 16
+    assert results["skipped_lines"] == 8
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped_lines"] == 8
 
 
 def test_bad_id_store_lines_are_counted_once_and_seen_queries_skip_bad_lines(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -217,3 +219,160 @@ def test_stream_and_datamodule_accept_the_same_nway(tmp_path: Path, nway: int) -
     path = write_training_file(tmp_path / "train.jsonl", 4)
     assert all(len(example.negatives) == nway - 1 for example in make_stream(path, nway=nway))
     assert ColBERTDataModule(TrainFiles(str(path)), tokenizer=None, nway=nway).nway == nway
+
+
+# ---- shards of valid lines: bad lines anywhere, every shard gets its share --------------------
+
+
+def write_half_bad_file(path: Path, lines: int = 16) -> Path:
+    """Every even line bad: sharded by line over two shards, shard 1 would hold no valid one."""
+    records = [
+        json.dumps({"query": f"query {i}", "positive": f"positive {i}", "negatives": [f"n {i}"]})
+        if i % 2 == 0
+        else "{broken"
+        for i in range(lines)
+    ]
+    path.write_text("\n".join(records) + "\n")
+    return path
+
+
+VALID_QUERIES = [f"query {i}" for i in range(0, 16, 2)]
+
+
+def test_workers_share_the_valid_lines_whatever_the_bad_ones(
+    tmp_path: Path, tokenizer: ColBERTTokenizer
+) -> None:
+    path = write_half_bad_file(tmp_path / "train.jsonl")
+    stream = make_stream(
+        path,
+        on_bad_line="skip",
+        max_passes=2,
+        batch_size=2,
+        collate=Collator(tokenizer),
+        shuffle_buffer=4,
+    )
+    batches = list(DataLoader(stream, batch_size=None, num_workers=2))
+    # 8 valid lines, 4 per worker: 2 batches per worker and pass
+    assert len(batches) == 8
+    queries = Counter(
+        tokenizer.tokenizer.decode(row[2:], skip_special_tokens=True)
+        for batch in batches
+        for row in batch.queries.input_ids
+    )
+    assert queries == Counter({query: 2 for query in VALID_QUERIES})
+    assert sum(batch.skipped_lines for batch in batches) == 8  # each bad line once
+
+
+def test_ranks_and_workers_each_get_a_quarter_of_the_valid_lines(tmp_path: Path) -> None:
+    path = write_half_bad_file(tmp_path / "train.jsonl")
+    per_rank = []
+    for rank in range(2):
+        stream = make_stream(path, on_bad_line="skip", rank=rank, world_size=2)
+        per_rank.append([e.query for e in DataLoader(stream, batch_size=None, num_workers=2)])
+    assert [len(queries) for queries in per_rank] == [4, 4]
+    assert sorted(sum(per_rank, [])) == sorted(VALID_QUERIES)
+
+
+def test_resumed_stream_continues_where_it_stopped_despite_bad_lines(
+    tmp_path: Path, tokenizer: ColBERTTokenizer
+) -> None:
+    path = write_half_bad_file(tmp_path / "train.jsonl", lines=40)
+
+    def batches(skip: int, count: int) -> list[torch.Tensor]:
+        stream = make_stream(
+            path,
+            on_bad_line="skip",
+            max_passes=None,
+            batch_size=3,
+            collate=Collator(tokenizer),
+            shuffle_buffer=5,
+            skip_batches=skip,
+        )
+        loader = iter(DataLoader(stream, batch_size=None, num_workers=2))
+        return [next(loader).queries.input_ids for _ in range(count)]
+
+    straight = batches(0, 9)
+    resumed = batches(5, 4)
+    assert all(torch.equal(a, b) for a, b in zip(straight[5:], resumed, strict=True))
+
+
+def test_a_file_changed_after_it_was_scanned_is_named(tmp_path: Path) -> None:
+    path = write_training_file(tmp_path / "train.jsonl", 4)
+    stream = make_stream(path)
+    write_training_file(path, 5)
+    with pytest.raises(RuntimeError, match=r"changed after it was scanned \(4 lines, 4 valid"):
+        list(stream)
+
+
+def ddp_stream_worker(rank: int, world_size: int, port: int, folder: str) -> None:
+    """One of two gloo processes: the DataModule's stream for this rank, as DDP trains it."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a process left waiting for the other would fail after the timeout, not hang the tests
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+    try:
+        config = ColBERTConfig(
+            tokenizer=colbert_lightning.resources.resource_path("tokenizer/bert-base-uncased"),
+            encoder_config={"model_type": "bert"},
+        )
+        tokenizer = ColBERTTokenizer(load_tokenizer(config), config)
+        outcome: dict[str, object] = {}
+        for name, policy in (("half_bad", "skip"), ("all_bad", "skip"), ("last_bad", "error")):
+            datamodule = ColBERTDataModule(
+                TrainFiles(f"{folder}/{name}.jsonl"),
+                tokenizer,
+                batch_size=2,
+                num_workers=0,
+                shuffle_buffer=0,
+                on_bad_line=policy,
+            )
+            datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+            try:
+                datamodule.setup("fit")
+                loader = iter(datamodule.train_dataloader())
+                queries, skipped = [], 0
+                for _ in range(4):  # two passes over this rank's 4 valid lines
+                    batch = next(loader)
+                    ids = batch.queries.input_ids
+                    queries += [tokenizer.tokenizer.decode(row[2:], True) for row in ids]
+                    skipped += batch.skipped_lines
+                    step = torch.tensor([float(len(batch))])
+                    dist.all_reduce(step)  # as DDP's gradient all-reduce, every step
+                outcome[name] = {"queries": queries, "skipped": skipped}
+            except ValueError as error:
+                outcome[name] = {"error": str(error)}
+            dist.barrier()  # both processes get here: neither is left waiting
+        torch.save(outcome, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_processes_share_the_valid_lines_and_fail_alike(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import WORLD, free_port
+
+    write_half_bad_file(tmp_path / "half_bad.jsonl")
+    (tmp_path / "all_bad.jsonl").write_text("{broken\n" * 16)
+    last_bad = write_training_file(tmp_path / "last_bad.jsonl", 16)
+    last_bad.write_text(last_bad.read_text() + "{broken\n")
+    mp.start_processes(
+        ddp_stream_worker,
+        args=(WORLD, free_port(), str(tmp_path)),
+        nprocs=WORLD,
+        join=True,
+        start_method="spawn",
+    )
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
+    trained = [Counter(outcome["half_bad"]["queries"]) for outcome in ranks]
+    assert sum(trained, Counter()) == Counter({query: 2 for query in VALID_QUERIES})
+    assert all(len(queries) == 4 for queries in trained)  # half the valid lines each
+    assert sum(outcome["half_bad"]["skipped"] for outcome in ranks) == 8
+    # every process stops alike before its first step, none waits for another
+    message = "none of the 16 lines of .*all_bad.jsonl is a valid example"
+    assert all(re.search(message, outcome["all_bad"]["error"]) for outcome in ranks)
+    assert all(":17: bad JSON" in outcome["last_bad"]["error"] for outcome in ranks)

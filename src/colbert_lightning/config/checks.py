@@ -41,8 +41,8 @@ def check_config(cfg: DictConfig) -> None:
     _check_data_paths(cfg.data)
     if cfg.get("test_split"):
         _check_test_split(cfg.data.get("root"), cfg.test_split)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.get("ckpt_path"):
+        _check_file("ckpt_path", Path(cfg.ckpt_path), "checkpoint file")
     _check_writable("paths.output_dir", Path(cfg.paths.output_dir))
 
 
@@ -76,21 +76,31 @@ def _check_data_paths(data: DictConfig) -> None:
     files = [("data.train", data.train)]
     if data.get("dev") is not None:
         files.append(("data.dev", data.dev))
+    if prepare and Path(prepare.output_dir).exists() and not produced_under.is_dir():
+        raise ConfigError(f"data.prepare.output_dir={prepare.output_dir}: is a file, not a folder")
     for group, node in files:
         for key, value in node.items():
             if key in ("_target_", "format") or value is None:
                 continue
             path = Path(str(value))
             made_by_prepare = produced_under in path.resolve().parents if produced_under else False
-            if not path.exists() and not made_by_prepare:
-                raise ConfigError(f"{group}.{key}={path}: no such file")
+            if path.exists() or not made_by_prepare:
+                _check_file(f"{group}.{key}", path)
+
+
+def _check_file(key: str, path: Path, what: str = "file") -> None:
+    """``path`` is a file (or a link to one): not missing, not a folder."""
+    if path.is_dir():
+        raise ConfigError(f"{key}={path}: is a folder, not a {what}")
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: no such {what}")
 
 
 def _check_test_split(root: str | None, split: str) -> None:
     check_beir_root(root, hint=f": test_split={split} needs the BEIR folder holding qrels/")
     try:
         qrels_path(root, split)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, IsADirectoryError) as error:
         raise ConfigError(f"test_split={split}: {error}") from None
 
 

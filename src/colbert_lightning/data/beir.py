@@ -1,8 +1,9 @@
 """Read a BEIR-layout collection: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
 
 Every file may be plain or gzipped (``.gz``) and is read by ``lines.text_lines``, like every
-other line-oriented file in ``data/``: invalid UTF-8 or a blank line before the end is an error
-naming the file and the line. The collections this reads are evaluation-sized (up to about 100k
+other line-oriented file in ``data/``: invalid UTF-8, a blank line before the end or bytes that
+cannot be decompressed are an error naming the file and the line; a byte-order mark may start
+a file. The collections this reads are evaluation-sized (up to about 100k
 documents), so everything is held in memory.
 
 Qrels keep every grade, 0 included; a document is *relevant* to a query when its score is > 0.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -53,6 +54,24 @@ class Corpus:
     def index_of(self) -> dict[str, int]:
         """Map each document id to its row."""
         return {doc_id: row for row, doc_id in enumerate(self.ids)}
+
+    def require_text(self, is_empty: Callable[[str], bool]) -> None:
+        """Refuse a corpus in which no document has any text to search.
+
+        Args:
+            is_empty: whether a text is empty, e.g. ``ColBERTTokenizer.is_empty``, which also
+                counts a text of only characters the tokeniser drops (NULs, zero-width spaces,
+                control characters) as empty.
+
+        Raises:
+            ValueError: every document is empty (or there is none).
+        """
+        if all(is_empty(text) for text in self.texts):
+            raise ValueError(
+                f"{self.path}: none of its {len(self)} documents has any text (each is blank or "
+                "only characters the tokenizer drops, such as NULs, zero-width spaces and "
+                "control characters): there is nothing to search"
+            )
 
 
 @dataclass
@@ -109,12 +128,15 @@ def find_beir_file(root: str | Path, stem: str) -> Path:
 
     Raises:
         FileNotFoundError: neither exists.
+        IsADirectoryError: the first that exists is a folder.
     """
     root = Path(root)
     for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
         candidate = root / name
         if candidate.is_file():
             return candidate
+        if candidate.exists():
+            raise IsADirectoryError(f"{candidate} is a folder, not a {stem} file")
     raise FileNotFoundError(f"{root} has neither {stem}.jsonl nor {stem}.jsonl.gz")
 
 
@@ -297,15 +319,20 @@ def load_qrels(
 
 
 def qrels_path(root: str | Path, split: str) -> Path:
-    """``<root>/qrels/<split>.tsv``, checked to exist.
+    """``<root>/qrels/<split>.tsv``, checked to be a file.
 
     Raises:
         FileNotFoundError: no such split; the message lists the splits there are.
+        IsADirectoryError: the split's path is a folder.
     """
     path = Path(root) / "qrels" / f"{split}.tsv"
+    if path.is_dir():
+        raise IsADirectoryError(f"the qrels of split {split!r}, {path}, is a folder, not a file")
     if not path.is_file():
         folder = Path(root) / "qrels"
-        splits = sorted(p.stem for p in folder.glob("*.tsv")) if folder.is_dir() else []
+        splits = (
+            sorted(p.stem for p in folder.glob("*.tsv") if p.is_file()) if folder.is_dir() else []
+        )
         raise FileNotFoundError(f"no qrels for split {split!r} at {path}; splits found: {splits}")
     return path
 
@@ -371,6 +398,8 @@ def load_dev_set(
     queries: str | Path,
     qrels: str | Path,
     candidates: str | Path | None = None,
+    *,
+    is_empty: Callable[[str], bool] | None = None,
 ) -> DevSet:
     """Load a corpus, its queries and one qrels file, keeping only the judged queries.
 
@@ -380,11 +409,16 @@ def load_dev_set(
         qrels: path of a qrels TSV; every id it names must exist in the corpus and queries.
         candidates: optional rerank candidates (see ``load_candidates``), kept for judged
             queries only.
+        is_empty: when given, a corpus in which every text is empty is refused
+            (``Corpus.require_text``); the model's ``ColBERTTokenizer.is_empty``.
 
     Raises:
         DataFormatError: any malformed line, or qrels or candidates naming an unknown id.
+        ValueError: every document is empty (with ``is_empty``).
     """
     loaded_corpus = load_corpus(corpus)
+    if is_empty is not None:
+        loaded_corpus.require_text(is_empty)
     all_queries = load_queries(queries)
     doc_ids = set(loaded_corpus.ids)
     judgments = load_qrels(qrels, query_ids=set(all_queries), doc_ids=doc_ids)

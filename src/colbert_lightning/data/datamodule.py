@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from colbert_lightning.data.beir import (
     DevSet,
@@ -18,11 +17,11 @@ from colbert_lightning.data.beir import (
     normalized_text,
     text_key,
 )
-from colbert_lightning.data.collate import Collator
+from colbert_lightning.data.collate import Collator, TextCap, VocabularyFit
 from colbert_lightning.data.errors import BadLines, OnBadLine, check_on_bad_line
 from colbert_lightning.data.negatives import prepare_triples
-from colbert_lightning.data.readers import TripleReader, iter_examples, make_reader
-from colbert_lightning.data.streaming import TripleStream, check_nway
+from colbert_lightning.data.readers import TripleReader, make_reader
+from colbert_lightning.data.streaming import TripleStream, ValidLines, check_nway, scan_lines
 from colbert_lightning.data.text_store import TextStore
 from colbert_lightning.data.types import TrainingBatch
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer
@@ -140,7 +139,8 @@ class ColBERTDataModule(pl.LightningDataModule):
 
     Args:
         train: the training file(s).
-        tokenizer: the model's ColBERT tokeniser (collation tokenises in the DataLoader workers).
+        tokenizer: the model's ColBERT tokeniser (collation tokenises in the DataLoader workers);
+            None only to read the training file without training (``validate_training_file``).
         dev: the dev set files, or None for no evaluation.
         root: the BEIR folder the data comes from, if any; ``prepare`` and
             ``python -m colbert_lightning.evaluate`` read it (the other splits' qrels).
@@ -151,12 +151,17 @@ class ColBERTDataModule(pl.LightningDataModule):
         shuffle_buffer: examples held for shuffling (0 or 1: file order).
         seed: seed of the shuffle and the negative sampling.
         on_bad_line: ``error`` stops at the first malformed line; ``skip`` counts them.
+        validate: report the training file's bad lines in the pass that reads all its lines at
+            set-up: ``error`` raises the first there, ``skip`` logs how many there are and of
+            which kinds. Without it that pass is silent: under ``error`` the run still stops at
+            the first bad line before its first step (when the training stream starts), under
+            ``skip`` bad lines are counted only as the stream meets them.
     """
 
     def __init__(
         self,
         train: TrainFiles,
-        tokenizer: ColBERTTokenizer,
+        tokenizer: ColBERTTokenizer | None,
         dev: DevFiles | None = None,
         root: str | None = None,
         prepare: PrepareSpec | None = None,
@@ -166,6 +171,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         shuffle_buffer: int = 10000,
         seed: int = 0,
         on_bad_line: OnBadLine = "error",
+        validate: bool = False,
     ) -> None:
         super().__init__()
         check_nway(nway)
@@ -174,6 +180,8 @@ class ColBERTDataModule(pl.LightningDataModule):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
         check_on_bad_line(on_bad_line)
+        if not isinstance(validate, bool):
+            raise ValueError(f"data.validate must be true or false, got {validate!r}")
         self.train_files = train
         self.dev_files = dev
         self.root = root
@@ -185,9 +193,13 @@ class ColBERTDataModule(pl.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.on_bad_line = on_bad_line
+        self.validate = validate
         self._dev_set: DevSet | None = None
         self._seen_queries: SeenQueries | None = None
         self._triple_reader: TripleReader | None = None
+        self._valid_lines: ValidLines | None = None
+        self._train_query_keys: frozenset[int] | None = None
+        self._vocabulary_fit: VocabularyFit | None = None
         self.skipped_store_lines = 0  # bad lines of queries/collection files, when skipping
         self.batches_consumed = 0  # training batches this process handed to the model
 
@@ -200,8 +212,12 @@ class ColBERTDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"data files not found: {missing}")
 
     def setup(self, stage: str) -> None:
-        """Before fitting: read which queries training and dev use (saved with checkpoints)."""
+        """Before fitting: read every training line once (the valid ones and their queries).
+
+        The queries that training and dev use are saved with checkpoints.
+        """
         if stage == "fit":
+            self.valid_lines()
             self.seen_queries()
 
     def _input_paths(self) -> list[str]:
@@ -229,6 +245,8 @@ class ColBERTDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             collate=Collator(self.tokenizer, self._training_relevance()),
             skip_batches=self.batches_consumed,
+            valid_lines=self.valid_lines(),
+            cap=None if self.tokenizer is None else TextCap(self.tokenizer),
         )
 
     def _reader(self) -> TripleReader:
@@ -243,8 +261,37 @@ class ColBERTDataModule(pl.LightningDataModule):
                 queries=queries,
                 collection=collection,
                 min_negatives=self.nway - 1,
+                # validate_training_file has no tokenizer: only blank texts count as empty
+                is_empty=self.tokenizer.is_empty if self.tokenizer is not None else None,
             )
         return self._triple_reader
+
+    def valid_lines(self) -> ValidLines:
+        """Which training lines are valid: every line read once (the queries noted on the way).
+
+        Under ``validate``, bad lines are reported here by ``on_bad_line``; otherwise they are
+        passed over, for the stream to raise or count when it trains.
+
+        Raises:
+            DataFormatError: the first bad line, under ``validate`` and ``on_bad_line=error``.
+        """
+        if self._valid_lines is None:
+            reader = self._reader()
+            policy = self.on_bad_line if self.validate else "skip"
+            bad_lines = BadLines(policy)
+            queries: set[int] = set()
+            valid_lines = scan_lines(
+                reader,
+                self.nway,
+                bad_lines,
+                on_example=lambda example: queries.add(text_key(normalized_text(example.query))),
+                description=f"{'validating' if self.validate else 'reading'} "
+                f"{Path(reader.path).name}",
+            )
+            if self.validate:
+                _log_validation(valid_lines, bad_lines)
+            self._valid_lines, self._train_query_keys = valid_lines, frozenset(queries)
+        return self._valid_lines
 
     def seen_queries(self) -> SeenQueries:
         """The training file's and the dev set's queries (read once; one pass over the file).
@@ -252,16 +299,12 @@ class ColBERTDataModule(pl.LightningDataModule):
         Lines the stream would reject are left out: they are never trained on.
         """
         if self._seen_queries is None:
-            # Skipped here whatever the policy: the stream raises or counts them when it trains.
-            examples = iter_examples(self._reader(), BadLines("skip"))
-            train = {
-                text_key(normalized_text(example.query))
-                for _, example in tqdm(examples, desc="training queries", unit=" examples")
-            }
+            self.valid_lines()
+            assert self._train_query_keys is not None
             dev_set = self.dev_set()
             dev = () if dev_set is None else dev_set.queries.values()
             dev_keys = frozenset(text_key(normalized_text(query)) for query in dev)
-            self._seen_queries = SeenQueries(frozenset(train), dev_keys)
+            self._seen_queries = SeenQueries(self._train_query_keys, dev_keys)
         return self._seen_queries
 
     def _training_relevance(self) -> dict[str, list[str]] | None:
@@ -289,8 +332,12 @@ class ColBERTDataModule(pl.LightningDataModule):
         rank, world_size = 0, 1
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        stream = self.train_dataset(rank, world_size)
+        # Here, in every process alike, rather than in one worker of one process while the
+        # others wait for it in a collective.
+        stream.check(world_size * max(1, self.num_workers))
         return DataLoader(
-            self.train_dataset(rank, world_size),
+            stream,
             batch_size=None,  # the stream batches, so skipped-line counts travel with batches
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -298,10 +345,27 @@ class ColBERTDataModule(pl.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: TrainingBatch, dataloader_idx: int) -> TrainingBatch:
-        """Count the batches the model receives: the stream's position for an exact resume."""
+        """Count the batches the model receives: the stream's position for an exact resume.
+
+        How well the vocabulary spells the first batches is logged too (a warning when
+        badly: many [UNK], or words cut into many pieces; see ``VocabularyFit``).
+        """
         if self.trainer is not None and self.trainer.training:
             self.batches_consumed += 1
+            self.vocabulary_fit().add(batch)
         return batch
+
+    def vocabulary_fit(self) -> VocabularyFit:
+        """The [UNK] and word-piece counts of this process's first training batches (this run's)."""
+        if self._vocabulary_fit is None:
+            name = "" if self.tokenizer is None else self.tokenizer.config.tokenizer_name_or_path
+            self._vocabulary_fit = VocabularyFit(str(name))
+        return self._vocabulary_fit
+
+    def teardown(self, stage: str) -> None:
+        """After fitting: log the vocabulary figures if training ended before they were."""
+        if stage == "fit" and self._vocabulary_fit is not None:
+            self._vocabulary_fit.report()
 
     def state_dict(self) -> dict[str, object]:
         """Saved in every checkpoint: the stream's position and the queries seen (if read)."""
@@ -322,5 +386,58 @@ class ColBERTDataModule(pl.LightningDataModule):
             return None
         if self._dev_set is None:
             dev = self.dev_files
-            self._dev_set = load_dev_set(dev.corpus, dev.queries, dev.qrels, dev.candidates)
+            self._dev_set = load_dev_set(
+                dev.corpus,
+                dev.queries,
+                dev.qrels,
+                dev.candidates,
+                is_empty=self.tokenizer.is_empty,
+            )
         return self._dev_set
+
+
+def _log_validation(valid_lines: ValidLines, bad_lines: BadLines) -> None:
+    if not bad_lines.total:
+        log.info("validated %s: all %d lines are valid", valid_lines.path, valid_lines.lines)
+        return
+    kinds = bad_lines.counts.most_common()
+    problems = ", ".join(f"{problem} ({count})" for (_, problem), count in kinds[:5])
+    if len(kinds) > 5:
+        problems += f" and {len(kinds) - 5} other problems"
+    log.warning(
+        "validated %s: %d of its %d lines are bad and will be skipped: %s",
+        valid_lines.path,
+        bad_lines.total,
+        valid_lines.lines,
+        problems,
+    )
+
+
+def validate_training_file(
+    train: TrainFiles,
+    nway: int = 2,
+    on_bad_line: OnBadLine = "error",
+    tokenizer: ColBERTTokenizer | None = None,
+) -> ValidLines:
+    """Read every line of a training file once, as training would, and report its bad lines.
+
+    Its queries and collection (id formats) are read too. No model or dev set is
+    needed; ``data.validate=true`` does the same at the start of a training run.
+
+    Args:
+        train: the training file, its format and (id formats) its queries and collection.
+        nway: documents per query a line must supply (the positive and ``nway - 1`` negatives).
+        on_bad_line: ``error`` raises the first bad line; ``skip`` logs how many there are.
+        tokenizer: the model's tokenizer, to refuse texts that give no token as training does;
+            None: only blank texts count as empty.
+
+    Returns:
+        Which lines are valid: ``lines``, ``valid``, ``bad`` and ``first_error``.
+
+    Raises:
+        DataFormatError: the first bad line, under ``on_bad_line=error``.
+    """
+    datamodule = ColBERTDataModule(
+        train, tokenizer=tokenizer, nway=nway, on_bad_line=on_bad_line, validate=True
+    )
+    return datamodule.valid_lines()

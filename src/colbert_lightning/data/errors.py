@@ -10,7 +10,10 @@ OnBadLine = Literal["error", "skip"]
 
 
 class DataFormatError(ValueError):
-    """A malformed line in an input file: names the file, the 1-based line and the problem."""
+    """A malformed line in an input file: names the file, the 1-based line and the problem.
+
+    Also bytes that cannot be decompressed: the line is the first one that could not be read.
+    """
 
     def __init__(self, path: str, line: int, problem: str) -> None:
         super().__init__(f"{path}:{line}: {problem}")

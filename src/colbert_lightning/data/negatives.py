@@ -5,17 +5,22 @@ Outputs in ``output_dir``:
 - ``triples.jsonl``: one line per (train query, relevant document with text):
   ``{"query", "positive", "negatives": [...], "qid", "pid", "neg_ids": [...]}``.
 - ``train_qrels.tsv`` / ``dev_qrels.tsv``: BEIR qrels (all grades) of the train / dev queries.
-- ``manifest.json``: parameters, counts and source paths; written last, so its presence with the
-  same parameters means the folder is complete and ``prepare_triples`` returns at once.
+- ``manifest.json``: parameters, counts and the content fingerprints of the inputs (corpus,
+  queries, the split's qrels: path, size, modification time, SHA-256); written last. Its presence
+  with the same parameters, the same format version and inputs of the same content means the
+  folder is complete and current, and ``prepare_triples`` returns at once; an input edited in
+  place (even to the same size) makes it build again (see ``data/fingerprints.py``).
 
-Every file is written to a temporary name and renamed, so a killed run leaves no half file under
-a final name. Queries whose qrels have no relevant document go to neither split.
+Every file is written to a temporary name beside it and renamed, so a killed run leaves no half
+file under a final name; the temporaries a killed run left are removed by the next one.
+Queries whose qrels have no relevant document go to neither split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -33,9 +38,18 @@ from colbert_lightning.data.beir import (
     qrels_path,
     write_qrels,
 )
+from colbert_lightning.data.fingerprints import fingerprint, same_content, stat_unchanged
+from colbert_lightning.modeling.checkpoints import (
+    remove_stale_temporaries,
+    temporary_path,
+    write_atomically,
+)
 from colbert_lightning.retrieval.bm25 import STOPWORDS, BM25Retriever
 
-MANIFEST_VERSION = 2  # 2: queries with the same normalised text share a side
+log = logging.getLogger(__name__)
+
+# 2: queries with the same normalised text share a side; 3: keyed on the inputs' content
+MANIFEST_VERSION = 3
 TRIPLES_FILE = "triples.jsonl"
 TRAIN_QRELS_FILE = "train_qrels.tsv"
 DEV_QRELS_FILE = "dev_qrels.tsv"
@@ -55,6 +69,8 @@ class PrepareResult:
         counts: ``train_queries``, ``dev_queries``, ``unjudged_queries`` (no relevant document),
             ``triples``, ``skipped_empty_positives``, ``skipped_no_negatives``, ``empty_documents``.
         cached: True when an existing complete output was reused.
+        inputs: ``corpus``, ``queries``, ``qrels``: the fingerprints of the files the output
+            was built from (see :mod:`colbert_lightning.data.fingerprints`).
     """
 
     output_dir: str
@@ -64,6 +80,7 @@ class PrepareResult:
     manifest: str
     counts: dict[str, int]
     cached: bool
+    inputs: dict[str, dict[str, Any]]
 
 
 def split_dev_queries(
@@ -154,23 +171,59 @@ def _parameters(
     }
 
 
-def _cached_result(output_dir: Path, parameters: dict[str, Any]) -> PrepareResult | None:
-    manifest_path = output_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
-        return None
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+def _cached_result(
+    output_dir: Path, parameters: dict[str, Any], input_paths: dict[str, Path]
+) -> PrepareResult | None:
+    manifest = read_manifest(output_dir)
+    if manifest is None:
         return None
     if manifest.get("version") != MANIFEST_VERSION or manifest.get("parameters") != parameters:
         return None
     names = (TRIPLES_FILE, TRAIN_QRELS_FILE, DEV_QRELS_FILE)
     if not all((output_dir / name).is_file() for name in names):
         return None
-    return _result(output_dir, manifest["counts"], cached=True)
+    recorded = manifest.get("inputs")
+    if not isinstance(recorded, dict) or set(recorded) != set(input_paths):
+        return None
+    current = {}
+    for name, path in input_paths.items():
+        current[name] = same_content(recorded[name], path)
+        if current[name] is None:
+            log.warning(
+                "%s changed since %s was prepared from it: preparing again", path, output_dir
+            )
+            return None
+    if current != recorded:  # a hash vouched for a new time: record it, to trust it next time
+        _write_manifest(output_dir, {**manifest, "inputs": current})
+    return _result(output_dir, manifest["counts"], current, cached=True)
 
 
-def _result(output_dir: Path, counts: dict[str, int], cached: bool) -> PrepareResult:
+def read_manifest(output_dir: str | Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` of a prepared folder, or None when there is none (or unreadable)."""
+    manifest_path = Path(output_dir) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def prepared_inputs(output_dir: str | Path) -> dict[str, dict[str, Any]] | None:
+    """The input fingerprints a prepared folder's manifest records (None: none recorded)."""
+    manifest = read_manifest(output_dir)
+    return manifest.get("inputs") if manifest is not None else None
+
+
+def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2) + "\n"
+    write_atomically(output_dir / MANIFEST_FILE, text.encode("utf-8"))
+
+
+def _result(
+    output_dir: Path, counts: dict[str, int], inputs: dict[str, dict[str, Any]], cached: bool
+) -> PrepareResult:
     return PrepareResult(
         output_dir=str(output_dir),
         triples=str(output_dir / TRIPLES_FILE),
@@ -179,11 +232,8 @@ def _result(output_dir: Path, counts: dict[str, int], cached: bool) -> PrepareRe
         manifest=str(output_dir / MANIFEST_FILE),
         counts=dict(counts),
         cached=cached,
+        inputs=inputs,
     )
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def check_rank_window(min_rank: int, max_rank: int) -> None:
@@ -272,13 +322,14 @@ def prepare_triples(
         show_progress: show tqdm bars.
 
     Returns:
-        The output paths and counts; ``cached`` when a complete run with the same parameters was
-        found in ``output_dir``.
+        The output paths, counts and input fingerprints; ``cached`` when a complete run with
+        the same parameters, from inputs of the same content, was found in ``output_dir``.
 
     Raises:
         ValueError: bad arguments, or no train query left after the dev split.
         DataFormatError: a malformed input line.
         FileNotFoundError: a missing input file or split.
+        RuntimeError: an input file changed while it was read.
     """
     if negatives_per_positive < 1:
         raise ValueError(f"negatives_per_positive must be >= 1, got {negatives_per_positive}")
@@ -287,13 +338,16 @@ def prepare_triples(
     parameters = _parameters(
         root, split, negatives_per_positive, min_rank, max_rank, dev_queries, seed, k1, b
     )
-    cached = _cached_result(output_dir, parameters)
-    if cached is not None:
-        return cached
-
     corpus_path = find_beir_file(root, "corpus")
     queries_path = find_beir_file(root, "queries")
     split_path = qrels_path(root, split)
+    input_paths = {"corpus": corpus_path, "queries": queries_path, "qrels": split_path}
+    remove_stale_temporaries(output_dir)
+    cached = _cached_result(output_dir, parameters, input_paths)
+    if cached is not None:
+        return cached
+
+    inputs = {name: fingerprint(path) for name, path in input_paths.items()}
     corpus = load_corpus(corpus_path)
     queries = load_queries(queries_path)
     qrels = load_qrels(split_path, query_ids=set(queries), doc_ids=set(corpus.ids))
@@ -324,7 +378,7 @@ def prepare_triples(
 
     triples = skipped_empty_positives = skipped_no_negatives = 0
     triples_path = output_dir / TRIPLES_FILE
-    triples_tmp = _temporary(triples_path)
+    triples_tmp = temporary_path(triples_path)
     with open(triples_tmp, "w", encoding="utf-8") as output:
         for query_id in train_ids:
             relevant = {doc_id for doc_id, grade in qrels[query_id].items() if grade > 0}
@@ -358,8 +412,14 @@ def prepare_triples(
     staged = [(triples_tmp, triples_path)]
     for path, query_ids in ((train_qrels_path, train_ids), (dev_qrels_path, dev_ids)):
         subset: Qrels = {query_id: qrels[query_id] for query_id in query_ids}
-        write_qrels(_temporary(path), subset)
-        staged.append((_temporary(path), path))
+        write_qrels(temporary_path(path), subset)
+        staged.append((temporary_path(path), path))
+    # the manifest vouches for these files' inputs: they must be what was read
+    for name, path in input_paths.items():
+        if not stat_unchanged(inputs[name], path):
+            for temporary, _ in staged:
+                temporary.unlink(missing_ok=True)
+            raise RuntimeError(f"{path} changed while prepare read it; run it again")
     for temporary, final in staged:
         os.replace(temporary, final)
 
@@ -376,22 +436,15 @@ def prepare_triples(
         "version": MANIFEST_VERSION,
         "parameters": parameters,
         "counts": counts,
-        "sources": {
-            "corpus": str(corpus_path.resolve()),
-            "queries": str(queries_path.resolve()),
-            "qrels": str(split_path.resolve()),
-        },
+        "inputs": inputs,
         "files": {
             "triples": TRIPLES_FILE,
             "train_qrels": TRAIN_QRELS_FILE,
             "dev_qrels": DEV_QRELS_FILE,
         },
     }
-    manifest_path = output_dir / MANIFEST_FILE
-    manifest_tmp = _temporary(manifest_path)
-    manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(manifest_tmp, manifest_path)
-    return _result(output_dir, counts, cached=False)
+    _write_manifest(output_dir, manifest)
+    return _result(output_dir, counts, inputs, cached=False)
 
 
 def result_as_dict(result: PrepareResult) -> dict[str, Any]:

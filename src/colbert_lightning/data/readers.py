@@ -16,7 +16,7 @@ strings (a JSON integer id ``7`` is ``"7"``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -36,6 +36,10 @@ TrainFormat = Literal["jsonl", "colbert_ids", "msmarco_ids", "msmarco_text"]
 TRAIN_FORMATS: tuple[str, ...] = ("jsonl", "colbert_ids", "msmarco_ids", "msmarco_text")
 _ID_FORMATS = ("colbert_ids", "msmarco_ids")
 _ONE_NEGATIVE_FORMATS = ("msmarco_ids", "msmarco_text")
+
+
+EmptyTest = Callable[[str], bool]
+"""Whether a text gives no token (``ColBERTTokenizer.is_empty``)."""
 
 
 class TripleReader(Protocol):
@@ -143,10 +147,13 @@ def _example(
     labels: tuple[str, str, list[str]],
     min_negatives: int,
     ids: tuple[str, str, list[str]] | None = None,
+    is_empty: EmptyTest | None = None,
 ) -> TrainingExample:
     """Check the texts and build the example; ``labels`` name each text in error messages.
 
     ``ids``, when the line names them: the query's, the positive's and the negatives' ids.
+    ``is_empty``: the tokenizer's test of a text that gives no token (NULs, zero-width spaces);
+    such a text is refused like a blank one.
     """
     query, positive, negatives = texts
     query_label, positive_label, negative_labels = labels
@@ -154,7 +161,7 @@ def _example(
     for text, label in zip(
         (query, positive, *negatives), (query_label, positive_label, *negative_labels), strict=True
     ):
-        if not text.strip():
+        if not text.strip() or (is_empty is not None and is_empty(text)):
             raise DataFormatError(path, line_number, f"empty text for the {label}")
     query_id, positive_id, negative_ids = ids if ids is not None else (None, None, None)
     return TrainingExample(
@@ -175,10 +182,12 @@ class JsonlTextReader:
     Attributes:
         path: the training file.
         min_negatives: fewest negatives a line may have.
+        is_empty: the tokenizer's test of a text that gives no token, or None.
     """
 
     path: str
     min_negatives: int = 1
+    is_empty: EmptyTest | None = None
 
     def parse(self, line: bytes, line_number: int) -> TrainingExample:
         """The example on one line; see ``TripleReader.parse``."""
@@ -200,7 +209,13 @@ class JsonlTextReader:
         labels = ("query", "positive", [f"negative #{i + 1}" for i in range(len(negatives))])
         ids = self._ids(record, len(negatives), line_number)
         return _example(
-            self.path, line_number, (query, positive, negatives), labels, self.min_negatives, ids
+            self.path,
+            line_number,
+            (query, positive, negatives),
+            labels,
+            self.min_negatives,
+            ids,
+            self.is_empty,
         )
 
     def _ids(
@@ -235,12 +250,14 @@ class ColbertIdsReader:
         queries: the queries file, by query id.
         collection: the collection file, by passage id.
         min_negatives: fewest negatives a line may have.
+        is_empty: the tokenizer's test of a text that gives no token, or None.
     """
 
     path: str
     queries: TextStore
     collection: TextStore
     min_negatives: int = 1
+    is_empty: EmptyTest | None = None
 
     def parse(self, line: bytes, line_number: int) -> TrainingExample:
         """The example on one line; see ``TripleReader.parse``."""
@@ -267,12 +284,14 @@ class MsmarcoIdsReader:
         queries: the queries file, by query id.
         collection: the collection file, by passage id.
         min_negatives: fewest negatives a line may have (at most 1 for this format).
+        is_empty: the tokenizer's test of a text that gives no token, or None.
     """
 
     path: str
     queries: TextStore
     collection: TextStore
     min_negatives: int = 1
+    is_empty: EmptyTest | None = None
 
     def parse(self, line: bytes, line_number: int) -> TrainingExample:
         """The example on one line; see ``TripleReader.parse``."""
@@ -307,7 +326,13 @@ def _examples_from_ids(
     )
     ids = (query_id, positive_id, negative_ids)
     return _example(
-        path, line_number, (query, positive, negatives), labels, reader.min_negatives, ids
+        path,
+        line_number,
+        (query, positive, negatives),
+        labels,
+        reader.min_negatives,
+        ids,
+        reader.is_empty,
     )
 
 
@@ -318,10 +343,12 @@ class MsmarcoTextReader:
     Attributes:
         path: the training file.
         min_negatives: fewest negatives a line may have (at most 1 for this format).
+        is_empty: the tokenizer's test of a text that gives no token, or None.
     """
 
     path: str
     min_negatives: int = 1
+    is_empty: EmptyTest | None = None
 
     def parse(self, line: bytes, line_number: int) -> TrainingExample:
         """The example on one line; see ``TripleReader.parse``."""
@@ -333,6 +360,8 @@ class MsmarcoTextReader:
             (query, positive, [negative]),
             ("query", "positive", ["negative"]),
             self.min_negatives,
+            None,
+            self.is_empty,
         )
 
 
@@ -342,6 +371,7 @@ def make_reader(
     queries: TextStore | None = None,
     collection: TextStore | None = None,
     min_negatives: int = 1,
+    is_empty: EmptyTest | None = None,
 ) -> TripleReader:
     """The reader for a training file in format ``fmt`` (one of ``TRAIN_FORMATS``).
 
@@ -351,6 +381,9 @@ def make_reader(
         queries: query id -> text; needed by the id formats, refused by the text formats.
         collection: passage id -> text; needed by the id formats, refused by the text formats.
         min_negatives: fewest negatives a line may have (``nway - 1``).
+        is_empty: the tokenizer's test of a text that gives no token
+            (``ColBERTTokenizer.is_empty``); such texts are refused like blank ones. None: only
+            blank texts are.
 
     Raises:
         ValueError: an unknown format, stores missing (id formats) or given (text formats), or
@@ -380,9 +413,9 @@ def make_reader(
         raise ValueError(f"format {fmt!r} holds texts; it takes no queries or collection file")
     path = str(path)
     if fmt == "jsonl":
-        return JsonlTextReader(path, min_negatives)
+        return JsonlTextReader(path, min_negatives, is_empty)
     if fmt == "msmarco_text":
-        return MsmarcoTextReader(path, min_negatives)
+        return MsmarcoTextReader(path, min_negatives, is_empty)
     if fmt == "colbert_ids":
-        return ColbertIdsReader(path, queries, collection, min_negatives)
-    return MsmarcoIdsReader(path, queries, collection, min_negatives)
+        return ColbertIdsReader(path, queries, collection, min_negatives, is_empty)
+    return MsmarcoIdsReader(path, queries, collection, min_negatives, is_empty)

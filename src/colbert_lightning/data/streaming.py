@@ -1,8 +1,12 @@
 """A sharded, shuffled stream of training examples read line by line from a file.
 
-Every DataLoader worker of every rank reads the file in order but parses only the lines of its
-own shard (``line_index % num_shards == shard``), so across all of them each line is used exactly
-once per pass and the file is never held in memory. A bounded shuffle buffer mixes the order.
+The file is read once up front (``scan_lines``) to learn which lines hold a valid example, kept
+as one bit per line. Every DataLoader worker of every rank then reads the file in order but
+parses only its own shard of the valid lines (the ``v``-th valid line goes to shard
+``v % num_shards``), so across all of them each valid line is used exactly once per pass, every
+shard gets its share whatever the pattern of bad lines, and the file is never held in memory.
+Each bad line is reported by one shard, the one its line number falls to
+(``(line - 1) % num_shards``). A bounded shuffle buffer mixes the order.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from torch.utils.data import IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
+from colbert_lightning.data.collate import TextCap
 from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine
-from colbert_lightning.data.lines import numbered_lines, open_binary
+from colbert_lightning.data.lines import is_gzipped, numbered_lines, open_binary
 from colbert_lightning.data.readers import TripleReader, require_negatives
 from colbert_lightning.data.types import TrainingBatch, TrainingExample
 
@@ -35,6 +42,112 @@ def check_nway(nway: object) -> None:
         )
 
 
+def parse_example(
+    reader: TripleReader, line: bytes, line_number: int, nway: int
+) -> TrainingExample:
+    """The example on one line, with all its negatives; what makes a line valid for ``nway``.
+
+    Raises:
+        DataFormatError: the reader rejects the line, or it has fewer than ``nway - 1`` negatives.
+    """
+    example = reader.parse(line, line_number)
+    # The reader may accept fewer (its min_negatives is its own); training needs these.
+    require_negatives(reader.path, line_number, len(example.negatives), nway - 1)
+    return example
+
+
+@dataclass(frozen=True)
+class ValidLines:
+    """Which lines of a training file hold a valid example: one bit per line (40M lines: 5 MB).
+
+    Attributes:
+        path: the training file.
+        lines: its number of lines (blank lines at its very end are not lines).
+        valid: how many of them hold a valid example.
+        first_error: the first bad line's error, or None when every line is valid.
+        bits: bit ``(n - 1) % 8`` of byte ``(n - 1) // 8`` is set when line ``n`` is valid.
+    """
+
+    path: str
+    lines: int
+    valid: int
+    first_error: DataFormatError | None = None
+    bits: bytes = field(default=b"", repr=False)
+
+    def __contains__(self, line_number: object) -> bool:
+        if not isinstance(line_number, int) or not 1 <= line_number <= self.lines:
+            return False
+        index = line_number - 1
+        return bool(self.bits[index >> 3] >> (index & 7) & 1)
+
+    @property
+    def bad(self) -> int:
+        """Number of bad lines."""
+        return self.lines - self.valid
+
+
+_PROGRESS_STEP_BYTES = 2**22
+
+
+def scan_lines(
+    reader: TripleReader,
+    nway: int,
+    bad_lines: BadLines | None = None,
+    on_example: Callable[[TrainingExample], object] | None = None,
+    description: str | None = None,
+) -> ValidLines:
+    """Read every line of the reader's file once and record which hold a valid example.
+
+    Args:
+        reader: parses each line (its ``path`` is the file read).
+        nway: documents per query; a line needs ``nway - 1`` negatives to be valid.
+        bad_lines: what to do with a bad line (``error`` raises the first); ``None`` counts
+            them in a tally of its own and goes on.
+        on_example: called with each valid line's example (all its negatives), in file order.
+        description: label of a progress bar (bytes read), or ``None`` for no bar.
+
+    Raises:
+        DataFormatError: a bad line, under the ``error`` policy of ``bad_lines``.
+    """
+    bad_lines = BadLines("skip") if bad_lines is None else bad_lines
+    bits = bytearray()
+    lines = valid = 0
+    first_error: DataFormatError | None = None
+    size = None if is_gzipped(reader.path) else os.path.getsize(reader.path)
+    with (
+        open_binary(reader.path) as file,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=description,
+            disable=description is None,
+        ) as progress,
+    ):
+        unreported = 0
+        for line_number, _, line in numbered_lines(file):
+            index = line_number - 1
+            while len(bits) <= index >> 3:
+                bits.append(0)
+            lines = line_number
+            unreported += len(line)
+            if unreported >= _PROGRESS_STEP_BYTES:
+                progress.update(unreported)
+                unreported = 0
+            try:
+                example = parse_example(reader, line, line_number, nway)
+            except DataFormatError as error:
+                first_error = first_error or error
+                bad_lines.handle(error)
+                continue
+            bits[index >> 3] |= 1 << (index & 7)
+            valid += 1
+            if on_example is not None:
+                on_example(example)
+        progress.update(unreported)
+    return ValidLines(reader.path, lines, valid, first_error, bytes(bits))
+
+
 class TripleStream(IterableDataset):
     """Streams ``TrainingExample``s (or collated ``TrainingBatch``es) from a training file.
 
@@ -44,6 +157,10 @@ class TripleStream(IterableDataset):
     Each example keeps exactly ``nway - 1`` negatives, sampled from its line's negatives with a
     seed derived from ``(seed, pass, line)``. The shuffle buffer's random generator is seeded by
     ``(seed, pass, shard)``, so a run is reproducible for a fixed world size and worker count.
+
+    Every shard checks the whole file's ``valid_lines`` before it yields anything, so all shards
+    (all DDP processes) stop alike, at the same point, on a file with no valid line, with fewer
+    valid lines than shards, or (under ``on_bad_line=error``) with any bad line.
 
     Args:
         path: the training file (may be ``.gz``); the same file the reader names in its errors.
@@ -60,10 +177,13 @@ class TripleStream(IterableDataset):
             In endless mode batches run across pass boundaries; in finite mode the last batch
             may be smaller.
         skip_batches: batches this process already trained on (from a checkpoint). The
-            DataLoader takes batches from its workers in turn, so worker ``w`` of ``W`` skips
-            the batches numbered ``w, w + W, ...`` below ``skip_batches``: the resumed stream
-            continues exactly where the interrupted one stopped, without tokenising the skipped
-            examples again.
+            DataLoader takes batches from its workers in turn, so each worker continues the
+            shard of the interrupted run's worker whose batch comes next in its turn, and skips
+            that worker's batches below ``skip_batches``: the resumed stream continues exactly
+            where the interrupted one stopped, without tokenising the skipped examples again.
+        valid_lines: the file's ``scan_lines``; ``None`` scans it here, once.
+        cap: shortens texts far longer than the model keeps as they are read (see ``TextCap``);
+            ``None`` keeps them whole.
 
     Attributes:
         bad_lines: the skipped-line tally of the current iteration, in this process (each
@@ -84,6 +204,8 @@ class TripleStream(IterableDataset):
         batch_size: int = 1,
         collate: Callable[[list[TrainingExample]], TrainingBatch] | None = None,
         skip_batches: int = 0,
+        valid_lines: ValidLines | None = None,
+        cap: TextCap | None = None,
     ) -> None:
         super().__init__()
         if os.path.abspath(path) != os.path.abspath(reader.path):
@@ -97,6 +219,11 @@ class TripleStream(IterableDataset):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if skip_batches < 0:
             raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+        self.bad_lines = BadLines(on_bad_line)  # also validates the policy
+        if valid_lines is None:
+            valid_lines = scan_lines(reader, nway)
+        elif os.path.abspath(valid_lines.path) != os.path.abspath(path):
+            raise ValueError(f"the stream reads {path} but valid_lines are of {valid_lines.path}")
         self.reader = reader
         self.path = str(path)
         self.nway = nway
@@ -109,18 +236,57 @@ class TripleStream(IterableDataset):
         self.batch_size = batch_size
         self.collate = collate
         self.skip_batches = skip_batches
-        self.bad_lines = BadLines(on_bad_line)  # also validates the policy
+        self.valid_lines = valid_lines
+        self.cap = cap
+
+    def check(self, num_shards: int) -> None:
+        """Raise what every shard would: the whole file's verdict, the same in every process.
+
+        Raises:
+            DataFormatError: the first bad line, under ``on_bad_line=error``.
+            ValueError: the file is empty, has no valid line, or fewer valid lines than shards.
+        """
+        valid = self.valid_lines
+        if valid.lines == 0:
+            raise ValueError(f"the training file {self.path} is empty")
+        if valid.first_error is not None and self.on_bad_line == "error":
+            raise valid.first_error
+        if valid.valid == 0:
+            raise ValueError(
+                f"none of the {valid.lines} lines of {self.path} is a valid example "
+                f"({valid.bad} bad lines skipped)"
+            )
+        if valid.valid < num_shards:
+            raise ValueError(
+                f"the training file {self.path} has {valid.valid} valid lines (of {valid.lines}), "
+                f"fewer than the {num_shards} shards (world_size x num_workers); use fewer "
+                "workers or more data"
+            )
 
     def __iter__(self) -> Iterator[TrainingExample] | Iterator[TrainingBatch]:
-        worker = get_worker_info()
-        num_workers, worker_id = (1, 0) if worker is None else (worker.num_workers, worker.id)
+        num_workers, role = self._worker_role()
         num_shards = self.world_size * num_workers
-        shard = self.rank * num_workers + worker_id
+        shard = self.rank * num_workers + role
+        # Before anything is yielded: an endless stream with nothing to yield would spin forever.
+        self.check(num_shards)
         self.bad_lines = BadLines(self.on_bad_line)
         examples = self._examples(shard, num_shards)
         if self.collate is None:
             return examples
         return self._batches(examples)
+
+    def _worker_role(self) -> tuple[int, int]:
+        """``(num_workers, role)``: which worker of the interrupted run this one continues.
+
+        A DataLoader takes batches from its workers in turn, always starting with worker 0, so
+        batch ``b`` came from worker ``b % W``. Resumed after ``skip_batches`` batches, worker
+        ``w`` serves batches ``skip_batches + w, skip_batches + w + W, ...``: those of the
+        interrupted run's worker ``(w + skip_batches) % W``, whose shard it reads.
+        """
+        worker = get_worker_info()
+        if worker is None:
+            return 1, 0
+        return worker.num_workers, (worker.id + self.skip_batches) % worker.num_workers
 
     def _examples(self, shard: int, num_shards: int) -> Iterator[TrainingExample]:
         pass_index = 0
@@ -132,17 +298,20 @@ class TripleStream(IterableDataset):
         # A string seed is hashed with SHA-512, the same in every process (unlike hash()).
         shuffler = random.Random(f"shuffle:{self.seed}:{pass_index}:{shard}")
         buffer: list[TrainingExample] = []
-        lines_in_file = lines_in_shard = valid_in_shard = 0
+        valid_lines = self.valid_lines
+        lines = valid_so_far = 0
         with open_binary(self.path) as file:
             for line_number, _, line in numbered_lines(file):
-                lines_in_file += 1
-                if (line_number - 1) % num_shards != shard:
+                lines = line_number
+                if line_number not in valid_lines:
+                    # Later passes meet the same bad lines again: count (or raise) them once.
+                    if pass_index == 0 and (line_number - 1) % num_shards == shard:
+                        self._bad_line(line, line_number)
                     continue
-                lines_in_shard += 1
-                example = self._parse(line, line_number, pass_index)
-                if example is None:
+                valid_so_far += 1
+                if (valid_so_far - 1) % num_shards != shard:
                     continue
-                valid_in_shard += 1
+                example = self._example(line, line_number, pass_index)
                 if self.shuffle_buffer <= 1:
                     yield example
                 elif len(buffer) < self.shuffle_buffer:
@@ -151,50 +320,55 @@ class TripleStream(IterableDataset):
                     slot = shuffler.randrange(len(buffer))
                     yield buffer[slot]
                     buffer[slot] = example
+        if (lines, valid_so_far) != (valid_lines.lines, valid_lines.valid):
+            raise self._changed(f"{lines} lines, {valid_so_far} valid")
         shuffler.shuffle(buffer)
         yield from buffer
-        # An endless stream would otherwise spin forever without yielding.
-        if lines_in_file == 0:
-            raise ValueError(f"the training file {self.path} is empty")
-        if lines_in_shard == 0:
-            raise ValueError(
-                f"the training file {self.path} has {lines_in_file} lines, fewer than the "
-                f"{num_shards} shards (world_size x num_workers); use fewer workers or more data"
-            )
-        if valid_in_shard == 0:
-            raise ValueError(
-                f"none of the {lines_in_shard} lines of {self.path} in shard {shard} of "
-                f"{num_shards} is a valid example ({self.bad_lines.total} bad lines skipped)"
-            )
 
-    def _parse(self, line: bytes, line_number: int, pass_index: int) -> TrainingExample | None:
-        """The line's example with ``nway - 1`` sampled negatives, or ``None`` if skipped."""
+    def _changed(self, what: str) -> RuntimeError:
+        return RuntimeError(
+            f"{self.path} changed after it was scanned ({self.valid_lines.lines} lines, "
+            f"{self.valid_lines.valid} valid; now {what}); restart to read it again"
+        )
+
+    def _bad_line(self, line: bytes, line_number: int) -> None:
+        """Count (or raise) the problem of a line the scan found bad."""
+        try:
+            parse_example(self.reader, line, line_number, self.nway)
+        except DataFormatError as error:
+            self.bad_lines.handle(error)
+            return
+        raise self._changed(f"line {line_number} is valid")
+
+    def _example(self, line: bytes, line_number: int, pass_index: int) -> TrainingExample:
+        """The valid line's example with ``nway - 1`` sampled negatives and capped texts."""
         needed = self.nway - 1
         try:
-            example = self.reader.parse(line, line_number)
-            # The reader may accept fewer (its min_negatives is its own); this stream needs these.
-            require_negatives(self.path, line_number, len(example.negatives), needed)
+            example = parse_example(self.reader, line, line_number, self.nway)
         except DataFormatError as error:
-            # Later passes meet the same bad lines again: count (or raise) them once.
-            if pass_index == 0:
-                self.bad_lines.handle(error)
-            return None
+            raise self._changed(f"line {line_number} is bad: {error.problem}") from None
         chooser = random.Random(f"negatives:{self.seed}:{pass_index}:{line_number}")
         # sampling positions draws exactly what sampling the texts would
         chosen = chooser.sample(range(len(example.negatives)), needed)
+        negatives = tuple(example.negatives[i] for i in chosen)
         negative_ids = example.negative_ids
+        query, positive = example.query, example.positive
+        if self.cap is not None:
+            query, positive = self.cap.query(query), self.cap.document(positive)
+            negatives = tuple(self.cap.document(text) for text in negatives)
         return dataclasses.replace(
             example,
-            negatives=tuple(example.negatives[i] for i in chosen),
+            query=query,
+            positive=positive,
+            negatives=negatives,
             negative_ids=None if negative_ids is None else tuple(negative_ids[i] for i in chosen),
         )
 
     def _batches(self, examples: Iterator[TrainingExample]) -> Iterator[TrainingBatch]:
         assert self.collate is not None
-        worker = get_worker_info()
-        num_workers, worker_id = (1, 0) if worker is None else (worker.num_workers, worker.id)
-        # Batches w, w + W, w + 2W, ... of this process come from worker w.
-        already_trained = max(0, (self.skip_batches - worker_id + num_workers - 1) // num_workers)
+        num_workers, role = self._worker_role()
+        # Batches r, r + W, r + 2W, ... of the interrupted run came from its worker r.
+        already_trained = max(0, (self.skip_batches - role + num_workers - 1) // num_workers)
         for _ in range(already_trained * self.batch_size):
             if next(examples, None) is None:
                 return

@@ -27,6 +27,7 @@ from colbert_lightning.data.lines import (
     GZIP_SUFFIX,
     decode_line,
     is_gzipped,
+    named_gzip_errors,
     numbered_lines,
     open_binary,
 )
@@ -142,8 +143,10 @@ class TextStore:
         cache_dir: where a gzip file's decompressed copy goes; reused while the source is unchanged.
 
     Raises:
-        DataFormatError: a malformed line or a duplicate id, under the ``error`` policy.
+        DataFormatError: a malformed line or a duplicate id, under the ``error`` policy; a gzip
+            file that cannot be decompressed, whatever the policy.
         FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder.
     """
 
     def __init__(
@@ -155,6 +158,8 @@ class TextStore:
     ) -> None:
         self.path = str(path)
         self.fmt = resolve_format(path, fmt)
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{self.path} is a folder, not a text file")
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such text file: {self.path}")
         bad_lines = BadLines() if bad_lines is None else bad_lines
@@ -268,6 +273,7 @@ class TextStore:
             return str(target)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         with (
+            named_gzip_errors(source, remove=partial),
             open_binary(source) as compressed,
             open(partial, "wb") as plain,
             _progress(stat.st_size, f"decompressing {source.name}") as progress,

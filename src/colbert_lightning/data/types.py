@@ -50,6 +50,12 @@ class TrainingBatch:
             positive, and every document the training qrels judge relevant to it), padded
             with ``NO_KEY``. With the two above, this is what masks false in-batch negatives;
             None for batches built without it.
+        text_tokens: tokens of the batch's texts (queries and documents), markers, [CLS],
+            [SEP] and padding left out.
+        unknown_tokens: how many of ``text_tokens`` are the tokenizer's unknown token
+            ([UNK]): text its vocabulary cannot spell.
+        continued_tokens: how many of ``text_tokens`` continue a word (WordPiece's ``##``
+            pieces); 0 for other vocabularies.
     """
 
     queries: TokenizedText
@@ -59,6 +65,9 @@ class TrainingBatch:
     query_keys: torch.Tensor | None = None
     document_keys: torch.Tensor | None = None
     relevant_keys: torch.Tensor | None = None
+    text_tokens: int = 0
+    unknown_tokens: int = 0
+    continued_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -72,6 +81,9 @@ class TrainingBatch:
             self.nway,
             self.skipped_lines,
             *(None if key is None else key.to(device) for key in keys),
+            self.text_tokens,
+            self.unknown_tokens,
+            self.continued_tokens,
         )
 
 

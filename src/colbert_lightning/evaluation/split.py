@@ -19,6 +19,7 @@ from colbert_lightning.data.beir import (
 )
 from colbert_lightning.evaluation.metrics import evaluate_rankings
 from colbert_lightning.modeling import ColBERT, default_device
+from colbert_lightning.modeling.checkpoints import read_checkpoint
 from colbert_lightning.retrieval.bm25 import BM25Config, BM25Retriever
 from colbert_lightning.retrieval.exact import exact_rankings
 
@@ -46,13 +47,15 @@ def evaluate_split(
 
     Raises:
         ConfigError: no such folder, or every query of the split was seen in training or dev.
+        CheckpointError: a checkpoint file that is damaged, truncated or not a checkpoint.
+        ValueError: no document of the corpus has text the model (or BM25) can use.
     """
     check_beir_root(root)
     corpus = load_corpus(find_beir_file(root, "corpus"))
     all_queries = load_queries(find_beir_file(root, "queries"))
     qrels = load_qrels(qrels_path(root, split), set(all_queries), set(corpus.ids))
     if seen is None and isinstance(model, str) and Path(model).is_file():
-        checkpoint = torch.load(model, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = read_checkpoint(model, weights_only=True, mmap=True)
         seen = SeenQueries.of_checkpoint(checkpoint)
     overlap_known = seen is not None or isinstance(model, BM25Config)
     held_out = [q for q in qrels if seen is None or all_queries[q] not in seen]
@@ -87,6 +90,7 @@ def evaluate_split(
         else:
             # a .ckpt, or a colbert-ai / PyLate / exported folder
             colbert, was_training = ColBERT.load(model).to(default_device(device)), False
+        corpus.require_text(colbert.tokenizer.is_empty)
         colbert.eval()
         with torch.inference_mode():
             rankings = exact_rankings(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
+from colbert_lightning.modeling.checkpoints import CheckpointError, check_finite, read_checkpoint
 from colbert_lightning.modeling.config import ColBERTConfig
 from colbert_lightning.modeling.formats import read_folder, read_projection
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer, TokenizedText
@@ -243,10 +244,17 @@ class ColBERT(nn.Module):
         """Load a model from a Lightning checkpoint written by training, without its config.
 
         The model comes back in eval mode, ready to encode; call ``.train()`` to train it on.
+
+        Raises:
+            CheckpointError: the file is empty, truncated, damaged (its checksum does not
+                match), not a colbert-lightning checkpoint, or holds non-finite weights.
         """
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        if "colbert" not in checkpoint:
-            raise ValueError(f"{path} is not a colbert-lightning checkpoint (no 'colbert' entry)")
+        checkpoint = read_checkpoint(path, map_location=map_location, weights_only=False)
+        if "colbert" not in checkpoint or "state_dict" not in checkpoint:
+            raise CheckpointError(
+                f"checkpoint {path}: not a colbert-lightning checkpoint (no 'colbert' entry)"
+            )
+        check_finite({"state_dict": checkpoint["state_dict"]}, path)
         model = cls.from_metadata(checkpoint["colbert"])
         prefix = "model."
         state = {

@@ -37,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from colbert_lightning.modeling.checkpoints import read_checkpoint
 from colbert_lightning.modeling.config import ColBERTConfig
 
 if TYPE_CHECKING:
@@ -407,7 +408,7 @@ def _read_weights(folder: Path, keys: list[str] | None = None) -> dict[str, torc
         with safe_open(folder / WEIGHTS, framework="pt") as weights:
             return {key: weights.get_tensor(key) for key in keys}
     if (folder / LEGACY_WEIGHTS).is_file():
-        weights = torch.load(folder / LEGACY_WEIGHTS, map_location="cpu", weights_only=True)
+        weights = read_checkpoint(folder / LEGACY_WEIGHTS, checksummed=False)
         return weights if keys is None else {key: weights[key] for key in keys}
     raise FileNotFoundError(
         f"{folder}: no {WEIGHTS} or {LEGACY_WEIGHTS} (sharded weights are not read)"

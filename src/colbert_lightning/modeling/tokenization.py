@@ -8,6 +8,7 @@ Layout (BERT uncased ids), as colbert-ai and PyLate produce it::
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 
@@ -39,6 +40,27 @@ class TokenizedText:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+
+# A letter or a digit: tokenisers keep them (WordPiece, SentencePiece and byte-level BPE alike),
+# so only texts without one need tokenising to know whether they are empty.
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+
+
+def tokenizes_to_nothing(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    """Whether ``text`` gives no token but the special ones: the test of an empty text.
+
+    True for a blank text and for one of only characters the tokeniser drops: with BERT's,
+    NULs, zero-width spaces, other control and format characters, lone combining marks.
+
+    Args:
+        tokenizer: the model's Hugging Face tokenizer.
+        text: a query or document.
+    """
+    if _LETTER_OR_DIGIT.search(text):
+        return False
+    encoded = tokenizer(text, add_special_tokens=False, truncation=True, max_length=1)
+    return not encoded["input_ids"]
 
 
 def load_tokenizer(config: ColBERTConfig) -> PreTrainedTokenizerBase:
@@ -82,6 +104,10 @@ class ColBERTTokenizer:
             {tokenizer.encode(symbol, add_special_tokens=False)[0] for symbol in string.punctuation}
         )
         self._skiplist_tensor = torch.tensor(self.skiplist, dtype=torch.long)
+
+    def is_empty(self, text: str) -> bool:
+        """Whether ``text`` tokenises to nothing (see :func:`tokenizes_to_nothing`)."""
+        return tokenizes_to_nothing(self.tokenizer, text)
 
     @classmethod
     def from_config(cls, config: ColBERTConfig) -> ColBERTTokenizer:

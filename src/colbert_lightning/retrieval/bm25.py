@@ -43,10 +43,15 @@ class BM25Retriever:
 
     Args:
         ids: the documents' ids.
-        texts: their texts, aligned with ``ids`` (empty texts are allowed and score 0).
+        texts: their texts, aligned with ``ids`` (empty texts are allowed and score 0, as long
+            as one document has a word to index).
         k1: term-frequency saturation.
         b: length normalisation.
         show_progress: show tqdm bars while indexing and searching.
+
+    Raises:
+        ValueError: ids and texts differ in length, there are none, or no text has a word to
+            index.
     """
 
     def __init__(
@@ -69,6 +74,12 @@ class BM25Retriever:
         corpus_tokens = bm25s.tokenize(
             list(texts), stopwords=STOPWORDS, show_progress=False, allow_empty=True
         )
+        if not corpus_tokens.vocab:
+            raise ValueError(
+                f"none of the {len(ids)} documents has a word BM25 can index (two or more "
+                "letters or digits, not an English stopword): every text is empty, stopwords "
+                "or characters without words"
+            )
         self.index = bm25s.BM25(k1=k1, b=b)
         self.index.index(corpus_tokens, show_progress=False)
 

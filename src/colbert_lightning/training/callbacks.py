@@ -1,4 +1,4 @@
-"""Callbacks: dev evaluation on an early-phase schedule, and atomic checkpoint writes."""
+"""Callbacks: dev evaluation on an early-phase schedule; whole, verified checkpoint files."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from colbert_lightning.evaluation.precision import EvaluationPrecision, check_precision
 from colbert_lightning.evaluation.schedule import EvaluationSchedule
+from colbert_lightning.modeling.checkpoints import (
+    CheckpointError,
+    check_finite,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +159,13 @@ class BestDevCheckpoint(ModelCheckpoint):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside it, then renames it into place.
+    """Writes each checkpoint whole and with a checksum; refuses a damaged one on resume.
 
-    A process killed mid-save leaves the previous checkpoint intact.
+    A checkpoint goes to a temporary file beside it (never the system temp folder), is fsynced
+    and renamed into place, so a process killed mid-save leaves the previous one intact.
+    Loading it back (Lightning's resume) verifies the checksum and refuses non-finite weights
+    or optimiser state, naming the file and the tensor; a checkpoint written before checksums
+    loads with a warning. See :mod:`colbert_lightning.modeling.checkpoints`.
     """
 
     def save_checkpoint(
@@ -164,22 +174,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path: str | os.PathLike,
         storage_options: Any | None = None,
     ) -> None:
-        """Save atomically: temporary file, fsync, rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        """Save atomically, with a checksum: temporary file, fsync, rename."""
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        write_checkpoint(checkpoint, path)
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike,
+        map_location: Any = "cpu",
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Load a checkpoint to resume from, verified; see the class docstring.
+
+        Raises:
+            CheckpointError: the file is empty, truncated, damaged, not a checkpoint, or holds
+                non-finite values; the message says so and that nothing was written.
+        """
         try:
-            super().save_checkpoint(checkpoint, temporary, storage_options)
-            with open(temporary, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except OSError as error:
-            kept = "the previous one is intact" if path.exists() else "no earlier one exists"
-            raise OSError(
-                error.errno, f"could not write checkpoint {path} ({error.strerror}); {kept}"
+            checkpoint = read_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            check_finite(checkpoint, path)
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"{error}. Not resuming from it: {_others_untouched(Path(path))}"
             ) from error
-        finally:
-            temporary.unlink(missing_ok=True)
+        return checkpoint
+
+
+def _others_untouched(path: Path) -> str:
+    others = sorted(other.name for other in path.parent.glob("*.ckpt") if other.name != path.name)
+    if not others:
+        return (
+            f"nothing was written; {path.parent} holds no other checkpoint (start again "
+            "without ckpt_path)"
+        )
+    return (
+        f"nothing was written, and the other checkpoints in {path.parent} are untouched "
+        f"({', '.join(others)}): pass one as ckpt_path, or start again without ckpt_path"
+    )
 
 
 class PreemptionCheckpoint(pl.Callback):

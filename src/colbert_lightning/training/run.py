@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from colbert_lightning.config.checks import ConfigError, check_config
 from colbert_lightning.config.metadata import git_commit
 from colbert_lightning.data import SeenQueries
+from colbert_lightning.data.negatives import prepared_inputs
 from colbert_lightning.evaluation.split import evaluate_split, one_line_table
 from colbert_lightning.modeling import ColBERT, ColBERTConfig, ColBERTTokenizer
+from colbert_lightning.modeling.checkpoints import remove_stale_temporaries
 from colbert_lightning.retrieval.bm25 import BM25Config
 from colbert_lightning.training.callbacks import AtomicCheckpointIO, RetrievalEvaluation
 from colbert_lightning.training.threads import fix_intra_op_threads
@@ -56,6 +58,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": resolved, "git_commit": commit})
 
+    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    if trainer.is_global_zero:
+        # what writes killed before their rename left (as large as a checkpoint each)
+        folders = {
+            checkpoint_dir,
+            *(Path(c.dirpath) for c in trainer.checkpoint_callbacks if c.dirpath),
+        }
+        for folder in sorted(folders):
+            remove_stale_temporaries(folder)
+
     test_at_start = None
     if cfg.get("test_split") and not cfg.get("ckpt_path") and trainer.is_global_zero:
         datamodule.prepare_data()  # the training queries must exist to be left out of the test
@@ -63,7 +75,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
-    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
         # last.ckpt holds the final step, whatever the checkpoint interval
         trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
@@ -84,6 +95,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": _best_checkpoint(trainer),
         "init": model.init_summary.to_dict(),
         "cpu_threads": threads,
+        # content fingerprints of the BEIR files the training data was prepared from
+        "inputs": prepared_inputs(cfg.data.prepare.output_dir) if cfg.data.get("prepare") else None,
         "git_commit": commit,
         "config": resolved,
     }
