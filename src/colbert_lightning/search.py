@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from colbert_lightning.config.checks import ConfigError, check_beir_root
+from colbert_lightning.config.checks import ConfigError
 from colbert_lightning.config.resolvers import CONFIG_DIR, register_resolvers
-from colbert_lightning.data.beir import find_beir_file, load_qrels, load_queries, qrels_path
-from colbert_lightning.evaluation.metrics import evaluate_rankings
+from colbert_lightning.evaluation.split import search_split
 from colbert_lightning.modeling import ColBERT, default_device
 from colbert_lightning.retrieval.ivf import Retriever
 
@@ -40,30 +38,12 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         for hit in hits:
             print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.doc_id}")
         return {"query": cfg.query, "results": [vars(hit) for hit in hits]}
-    root = cfg.data.get("root")
-    check_beir_root(root)
-    all_queries = load_queries(find_beir_file(root, "queries"))
-    qrels = load_qrels(qrels_path(root, cfg.split), set(all_queries), set(retriever.doc_ids))
-    query_ids = list(qrels)
-    started = time.perf_counter()
-    results = retriever.search_batch(
-        [all_queries[query_id] for query_id in query_ids], k=max(cfg.k, 100), show_progress=True
-    )
-    seconds = time.perf_counter() - started
-    rankings = {
-        query_id: [(hit.doc_id, hit.score) for hit in hits]
-        for query_id, hits in zip(query_ids, results, strict=True)
-    }
     result = {
         "index": str(cfg.index),
-        "split": cfg.split,
-        "queries": len(query_ids),
-        "queries_per_second": len(query_ids) / seconds,
+        **search_split(retriever, cfg.data.get("root"), cfg.split, k=max(cfg.k, 100)),
         "settings": {
             key: cfg[key] for key in ("nprobe", "candidates_per_token", "rerank_depth", "k")
         },
-        "metrics": evaluate_rankings(rankings, qrels),
-        "rankings": rankings,
     }
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +52,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     log.info(
         "%s: %d queries, %.1f q/s, %s",
         cfg.split,
-        len(query_ids),
+        result["queries"],
         result["queries_per_second"],
         metrics,
     )

@@ -1,8 +1,13 @@
-"""Metrics of a checkpoint, a model in memory, or BM25 on a BEIR split, all one way."""
+"""Metrics on a BEIR split: of a model or BM25 (``evaluate_split``), of an index (``search_split``).
+
+A checkpoint, a model in memory and BM25 all go through exact search over the whole corpus and
+the same query selection and metric code.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from colbert_lightning.modeling import ColBERT, default_device
 from colbert_lightning.modeling.checkpoints import read_checkpoint
 from colbert_lightning.retrieval.bm25 import BM25Config, BM25Retriever
 from colbert_lightning.retrieval.exact import exact_rankings
+from colbert_lightning.retrieval.ivf import Retriever
 
 log = logging.getLogger(__name__)
 METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
@@ -107,6 +113,45 @@ def evaluate_split(
         "excluded_queries": excluded if overlap_known else None,
         "documents": len(corpus),
         "metrics": evaluate_rankings(rankings, qrels),
+    }
+
+
+def search_split(
+    retriever: Retriever, root: str | None, split: str, k: int = 100
+) -> dict[str, Any]:
+    """An index's rankings and metrics for every judged query of a BEIR split, and its speed.
+
+    Args:
+        retriever: the index to search (its documents are the corpus).
+        root: the BEIR folder holding ``queries`` and ``qrels/<split>.tsv``.
+        split: the qrels split.
+        k: documents ranked per query (100 or more for recall@100).
+
+    Returns:
+        ``split``, ``queries``, ``queries_per_second``, ``metrics`` and ``rankings``.
+
+    Raises:
+        ConfigError: ``root`` is not a folder.
+    """
+    check_beir_root(root)
+    all_queries = load_queries(find_beir_file(root, "queries"))
+    qrels = load_qrels(qrels_path(root, split), set(all_queries), set(retriever.doc_ids))
+    query_ids = list(qrels)
+    started = time.perf_counter()
+    results = retriever.search_batch(
+        [all_queries[query_id] for query_id in query_ids], k=k, show_progress=True
+    )
+    seconds = time.perf_counter() - started
+    rankings = {
+        query_id: [(hit.doc_id, hit.score) for hit in hits]
+        for query_id, hits in zip(query_ids, results, strict=True)
+    }
+    return {
+        "split": split,
+        "queries": len(query_ids),
+        "queries_per_second": len(query_ids) / seconds,
+        "metrics": evaluate_rankings(rankings, qrels),
+        "rankings": rankings,
     }
 
 
