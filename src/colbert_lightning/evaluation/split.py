@@ -60,9 +60,11 @@ def evaluate_split(
     corpus = load_corpus(find_beir_file(root, "corpus"))
     all_queries = load_queries(find_beir_file(root, "queries"))
     qrels = load_qrels(qrels_path(root, split), set(all_queries), set(corpus.ids))
-    if seen is None and isinstance(model, str) and Path(model).is_file():
-        checkpoint = read_checkpoint(model, weights_only=True, mmap=True)
-        seen = SeenQueries.of_checkpoint(checkpoint)
+    checkpoint = None  # a training checkpoint's contents, read once for its queries and weights
+    if isinstance(model, str) and Path(model).is_file():
+        checkpoint = read_checkpoint(model, weights_only=False)
+        if seen is None:
+            seen = SeenQueries.of_checkpoint(checkpoint)
     overlap_known = seen is not None or isinstance(model, BM25Config)
     held_out = [q for q in qrels if seen is None or all_queries[q] not in seen]
     if not held_out:
@@ -94,8 +96,11 @@ def evaluate_split(
         if isinstance(model, ColBERT):
             colbert, was_training = model, model.training
         else:
-            # a .ckpt, or a colbert-ai / PyLate / exported folder
-            colbert, was_training = ColBERT.load(model).to(default_device(device)), False
+            if checkpoint is not None:
+                colbert = ColBERT.from_checkpoint_contents(checkpoint, model)
+            else:  # a colbert-ai / PyLate / exported folder
+                colbert = ColBERT.load(model)
+            colbert, was_training = colbert.to(default_device(device)), False
         corpus.require_text(colbert.tokenizer.is_empty)
         colbert.eval()
         with torch.inference_mode():

@@ -250,6 +250,20 @@ class ColBERT(nn.Module):
                 match), not a colbert-lightning checkpoint, or holds non-finite weights.
         """
         checkpoint = read_checkpoint(path, map_location=map_location, weights_only=False)
+        return cls.from_checkpoint_contents(checkpoint, path)
+
+    @classmethod
+    def from_checkpoint_contents(
+        cls, checkpoint: dict[str, Any], path: str | os.PathLike
+    ) -> ColBERT:
+        """:meth:`from_checkpoint` for a checkpoint already read (``read_checkpoint``).
+
+        For a caller that needs more of the checkpoint than the model (the queries a training
+        run recorded) and reads the file once. ``path`` only names it in errors.
+
+        Raises:
+            CheckpointError: not a colbert-lightning checkpoint, or non-finite weights.
+        """
         if "colbert" not in checkpoint or "state_dict" not in checkpoint:
             raise CheckpointError(
                 f"checkpoint {path}: not a colbert-lightning checkpoint (no 'colbert' entry)"
