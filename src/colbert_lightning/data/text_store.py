@@ -31,6 +31,7 @@ from colbert_lightning.data.lines import (
     numbered_lines,
     open_binary,
 )
+from colbert_lightning.modeling.checkpoints import temporary_path
 
 StoreFormat = Literal["auto", "beir", "tsv"]
 
@@ -271,7 +272,8 @@ class TextStore:
         target = folder / f"{source.name[: -len(GZIP_SUFFIX)]}.{key}"
         if target.is_file():
             return str(target)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        # named as every other write-then-rename here, so a killed copy is recognised as such
+        partial = temporary_path(target)
         with (
             named_gzip_errors(source, remove=partial),
             open_binary(source) as compressed,
