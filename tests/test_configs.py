@@ -13,6 +13,7 @@ from colbert_lightning.config.resolvers import CONFIG_DIR
 from colbert_lightning.data import ColBERTDataModule
 from colbert_lightning.modeling import ColBERTConfig
 from colbert_lightning.training import ColBERTModule
+from colbert_lightning.training.run import build_callbacks
 from tests.conftest import tiny_config
 from tests.helpers import compose_train
 
@@ -44,9 +45,15 @@ TRIPLES_FILES = [
 ]
 
 
+# Collections with test judgments only (for evaluation, suites and extra dev collections): to
+# train on them a user gives training files, as for data=triples.
+TEST_ONLY_COLLECTIONS = ("med", "cacm", "lisa")
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_config_composes_and_instantiates(group, option, tmp_path):
-    extra = TRIPLES_FILES if (group, option) == ("data", "triples") else []
+    needs_files = group == "data" and option in ("triples", *TEST_ONLY_COLLECTIONS)
+    extra = TRIPLES_FILES if needs_files else []
     cfg = compose_train(tmp_path, tmp_path / "cache", [f"{group}={option}", *extra])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert isinstance(instantiate(cfg.model), ColBERTConfig)  # weights are not loaded here
@@ -54,7 +61,7 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
     assert isinstance(datamodule, ColBERTDataModule)
     module = instantiate(cfg.module, model=_tiny_model())
     assert isinstance(module, ColBERTModule)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks = build_callbacks(cfg)
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     trainer = instantiate(
         {

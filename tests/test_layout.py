@@ -24,7 +24,8 @@ LAYERS = [
     {"evaluation"},
     {"training"},
     {"compat"},
-    {"train", "evaluate", "prepare", "index", "search", "export", "summarize"},  # entry points
+    # entry points
+    {"train", "evaluate", "prepare", "index", "search", "export", "summarize", "compare"},
 ]
 """Lowest first: a module may import its own layer's units and lower ones, never higher ones."""
 ENTRY_POINTS = LAYERS[-1]

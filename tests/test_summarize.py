@@ -1,8 +1,10 @@
-"""Sweep summary: loading job folders, the table, the plots, the CLI and the notebook.
+"""Sweep summary: loading job folders, the tables, seeds, significance marks, plots, CLI, notebook.
 
-Every test builds a small fake multirun under tmp_path by hand (no training): three finished jobs
-that differ in learning rate (one also sets a seed, one never validated), plus a job folder
-without results.json.
+Every test builds a small fake multirun under tmp_path by hand (no training). ``fake_sweep``:
+three finished jobs that differ in learning rate (one also sets a seed, one never validated),
+plus a job folder without results.json. ``seeded_sweep``: three arms (``variant=baseline``,
+``better``, ``same``) x seeds 0, 1, 2, with test, BM25 and per-query results and an extra dev
+collection (``val_med``), as training writes them with ``test_split``.
 """
 
 from __future__ import annotations
@@ -12,14 +14,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from colbert_lightning.evaluation.per_query import HELD_OUT, SEEN, write_per_query
 from colbert_lightning.evaluation.sweeps import (
     EmptySweepError,
     Job,
+    SweepComparisonError,
     ValidationCurve,
+    choose_baseline,
+    group_configurations,
     load_sweep,
     markdown_table,
+    plot_curves,
+    seed_rows,
+    summarize_sweep,
     summary_rows,
     varying_overrides,
     write_summary,
@@ -337,3 +347,321 @@ def test_notebook_runs_against_a_sweep(
     assert len(images) == 4
     # The notebook shows the plots without writing anything next to the sweep.
     assert not (fake_sweep / "summary.md").exists()
+
+
+# --- seeds, held-out subsets, BM25, extra dev collections, significance marks ---------------
+
+QUERIES = [f"q{number}" for number in range(40)]
+HELD_OUT_QUERIES = QUERIES[:25]  # the rest share relevant documents with training queries
+# Per-query shift of each arm's test nDCG@10 over the baseline's: "same" scores exactly as the
+# baseline on every query and seed, "better" 0.25 higher on every query.
+ARMS = {"baseline": 0.0, "better": 0.25, "same": 0.0}
+SEEDS = (0, 1, 2)
+SEEDED_CSV_HEADER = (
+    "epoch,step,trainer/examples_seen,train/loss,"
+    "val/mrr@10,val/ndcg@10,val/recall@100,val_med/mrr@10,val_med/ndcg@10"
+)
+BM25_NDCG = 0.30
+
+
+def _per_query_ndcg(arm: str, seed: int) -> dict[str, float]:
+    # The same draw for every arm of a seed: "same" matches the baseline query by query.
+    base = np.random.default_rng(100 + seed).uniform(0.1, 0.6, len(QUERIES))
+    return {query: float(value) + ARMS[arm] for query, value in zip(QUERIES, base, strict=True)}
+
+
+def _test_entry(folder: Path, file_name: str, ndcg: dict[str, float]) -> dict:
+    """A results.json test entry and its per-query TSV, the metrics being the per-query means."""
+    per_query = {
+        query: {"ndcg@10": value, "mrr@10": value, "recall@10": value, "recall@100": 1.0}
+        for query, value in ndcg.items()
+    }
+    subsets = {query: HELD_OUT if query in HELD_OUT_QUERIES else SEEN for query in ndcg}
+    write_per_query(folder / file_name, per_query, subsets)
+
+    def metrics(queries: list[str]) -> dict[str, float]:
+        mean = float(np.mean([ndcg[query] for query in queries]))
+        return {"ndcg@10": mean, "mrr@10": mean, "recall@10": mean, "recall@100": 1.0}
+
+    seen = [query for query in ndcg if query not in HELD_OUT_QUERIES]
+    held_out = [query for query in ndcg if query in HELD_OUT_QUERIES]
+    return {
+        "model": "checkpoint",
+        "split": "test",
+        "queries": len(ndcg),
+        "excluded_queries": 0,
+        "documents": 500,
+        "metrics": metrics(list(ndcg)),
+        "subsets": {
+            HELD_OUT: {"queries": len(held_out), "metrics": metrics(held_out)},
+            SEEN: {"queries": len(seen), "metrics": metrics(seen)},
+        },
+        "per_query_file": file_name,
+    }
+
+
+def _dev_ndcg(arm: str, seed: int) -> list[float]:
+    """val/ndcg@10 at steps 0, 10, 20: best at step 10."""
+    shift = ARMS[arm] / 5 + 0.01 * seed
+    return [0.05, 0.30 + shift, 0.28 + shift]
+
+
+def _med_ndcg(seed: int) -> list[float]:
+    """val_med/ndcg@10 at steps 0, 10, 20: its own best (step 20) is not the dev-best step."""
+    return [0.02, 0.10 + 0.01 * seed, 0.20 + 0.01 * seed]
+
+
+def _write_seeded_job(folder: Path, arm: str, seed: int) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "csv").mkdir()
+    overrides = [f"variant={arm}", f"seed={seed}", "trainer.max_steps=20"]
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    dev, med = _dev_ndcg(arm, seed), _med_ndcg(seed)
+    rows = [SEEDED_CSV_HEADER]
+    for index, step in enumerate((0, 10, 20)):
+        rows.append(
+            f",{step},{step * 32}.0,,{dev[index]},{dev[index]},0.5,{med[index]},{med[index]}"
+        )
+        rows.append(f"0,{step + 3},,3.9,,,,,")
+    (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    best = {"step": 10, "val/ndcg@10": dev[1], "val/mrr@10": dev[1]}
+    if seed != 2:  # seed 2 lacks it in results.json: read from metrics.csv at the best step
+        best["val_med/ndcg@10"] = med[1]
+    results = {
+        "steps": 20,
+        "examples_seen": 640,
+        "wall_time_s": 10.0,
+        "step0": {"step": 0, "val/ndcg@10": dev[0]},
+        "final": {"step": 20, "val/ndcg@10": dev[2], "val/mrr@10": dev[2]},
+        "best": best,
+        "test": _test_entry(folder, "test_per_query.tsv", _per_query_ndcg(arm, seed)),
+        "test_bm25": _test_entry(
+            folder, "test_bm25_per_query.tsv", dict.fromkeys(QUERIES, BM25_NDCG)
+        ),
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def _build_seeded_sweep(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> Path:
+    number = 0
+    for arm in ARMS:
+        for seed in seeds:
+            _write_seeded_job(sweep_dir / str(number), arm, seed)
+            number += 1
+    return sweep_dir
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path: Path) -> Path:
+    return _build_seeded_sweep(tmp_path / "ablation")
+
+
+def _by(rows: list[dict], column: str) -> dict[str, dict]:
+    return {row[column]: row for row in rows}
+
+
+def test_jobs_that_differ_only_in_the_seed_form_one_configuration(seeded_sweep: Path) -> None:
+    sweep = load_sweep(seeded_sweep)
+    rows = _by(seed_rows(sweep), "configuration")
+
+    assert sorted(rows) == ["variant=baseline", "variant=better", "variant=same"]
+    better = rows["variant=better"]
+    assert (better["seeds"], better["n"], better["jobs"]) == ("0, 1, 2", 3, "3, 4, 5")
+    expected = {
+        "best_ndcg@10": [_dev_ndcg("better", seed)[1] for seed in SEEDS],
+        "best_val_med_ndcg@10": [_med_ndcg(seed)[1] for seed in SEEDS],
+        "test_ndcg@10": [np.mean(list(_per_query_ndcg("better", s).values())) for s in SEEDS],
+        "test_heldout_ndcg@10": [
+            np.mean([_per_query_ndcg("better", s)[q] for q in HELD_OUT_QUERIES]) for s in SEEDS
+        ],
+    }
+    for column, values in expected.items():
+        assert better[f"{column}_mean"] == pytest.approx(np.mean(values)), column
+        assert better[f"{column}_std"] == pytest.approx(np.std(values, ddof=1)), column
+    assert better["test_bm25_ndcg@10_mean"] == pytest.approx(BM25_NDCG)
+    assert better["test_bm25_ndcg@10_std"] == pytest.approx(0.0, abs=1e-12)
+    # The interval is over queries of the seed-averaged per-query nDCG@10, around its mean.
+    low, high = better["test_ndcg@10_ci_low"], better["test_ndcg@10_ci_high"]
+    assert low < better["test_ndcg@10_mean"] < high and high - low < 0.2
+    # No baseline was compared: no mark columns.
+    assert "vs_baseline" not in better
+    table = markdown_table(list(rows.values()))
+    assert "| configuration | seeds | n | jobs | best_ndcg@10 |" in table
+    mean, std = better["best_ndcg@10_mean"], better["best_ndcg@10_std"]
+    assert f"| variant=better | 0, 1, 2 | 3 | 3, 4, 5 | {mean:.4f} ± {std:.4f} |" in table
+
+
+def test_a_job_without_a_seed_override_joins_its_configuration_as_the_default_seed() -> None:
+    jobs = [
+        _job("0", {"variant": "a", "seed": "1"}),
+        _job("1", {"variant": "a"}),
+        _job("2", {"variant": "b", "seed": "1"}),
+    ]
+    configurations = group_configurations(jobs)
+
+    assert [(c.label, c.seeds) for c in configurations] == [
+        ("variant=a", ["1", "default"]),
+        ("variant=b", ["1"]),
+    ]
+    only_seeds = group_configurations([jobs[0], _job("3", {"variant": "a", "seed": "2"})])
+    assert [(c.label, c.job_names) for c in only_seeds] == [("all jobs", "0, 3")]
+
+
+def test_held_out_bm25_and_extra_collection_columns(seeded_sweep: Path) -> None:
+    rows = _by(summary_rows(load_sweep(seeded_sweep)), "job")
+
+    # After the dev columns: the extra collection, then test, held-out and BM25 columns.
+    assert list(rows["0"])[-8:] == [
+        "wall_time_s",
+        "best_val_med_ndcg@10",
+        "test_ndcg@10",
+        "test_recall@100",
+        "test_heldout_ndcg@10",
+        "test_heldout_queries",
+        "test_bm25_ndcg@10",
+        "test_bm25_heldout_ndcg@10",
+    ]
+    job = rows["4"]  # variant=better, seed 1
+    ndcg = _per_query_ndcg("better", 1)
+    assert job["test_heldout_ndcg@10"] == pytest.approx(
+        np.mean([ndcg[q] for q in HELD_OUT_QUERIES])
+    )
+    assert job["test_heldout_queries"] == len(HELD_OUT_QUERIES)
+    assert job["test_bm25_ndcg@10"] == job["test_bm25_heldout_ndcg@10"] == pytest.approx(BM25_NDCG)
+    # The extra collection at the step where val/ndcg@10 was best (10), not at its own best (20);
+    # seed 2's results.json lacks the key, so it comes from metrics.csv at that step.
+    assert job["best_val_med_ndcg@10"] == _med_ndcg(1)[1]
+    assert rows["5"]["best_val_med_ndcg@10"] == _med_ndcg(2)[1]
+
+
+def test_extra_collection_curves_and_seed_bands(seeded_sweep: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    sweep = load_sweep(seeded_sweep)
+    paths = write_summary(sweep, tmp_path / "out")
+
+    assert {path.name for path in paths.values()} == {
+        "summary.md",
+        "summary.csv",
+        "summary_seeds.md",
+        "summary_seeds.csv",
+        *(
+            f"curves_{m}_{a}.png"
+            for m in ("ndcg", "mrr", "med_ndcg")
+            for a in ("steps", "examples")
+        ),
+    }
+    assert paths["curves_med_ndcg_steps"].read_bytes().startswith(PNG_SIGNATURE)
+    figure = plot_curves(sweep, "val_med/ndcg@10", "steps")
+    [axes] = figure.axes
+    assert "val_med/ndcg@10" in axes.get_title() and "'med'" in axes.get_title()
+    # One mean line and one min-max band per configuration, not one line per seed.
+    assert len(axes.lines) == 3 and len(axes.collections) == 3
+    [baseline_line] = [line for line in axes.lines if "variant=baseline" in line.get_label()]
+    assert "mean of 3 seeds" in baseline_line.get_label()
+    assert list(baseline_line.get_ydata()) == pytest.approx(
+        np.mean([_med_ndcg(seed) for seed in SEEDS], axis=0)
+    )
+    assert "dev split" in plot_curves(sweep, "val/ndcg@10", "steps").axes[0].get_title()
+
+
+def test_an_arm_clearly_better_than_the_baseline_is_marked_and_an_equal_one_is_not(
+    seeded_sweep: Path,
+) -> None:
+    summary = summarize_sweep(load_sweep(seeded_sweep))  # the default baseline: variant=baseline
+
+    assert summary.comparison is not None
+    assert summary.comparison.baseline.label == "variant=baseline"
+    rows = _by(summary.seed_rows, "configuration")
+    assert rows["variant=baseline"]["vs_baseline"] == "baseline"
+    better, same = rows["variant=better"], rows["variant=same"]
+    assert better["vs_baseline"] == "*" and better["p_holm"] < 0.01
+    assert better["delta_test_ndcg@10"] == pytest.approx(0.25)
+    assert better["delta_test_ndcg@10_ci_low"] <= 0.25 <= better["delta_test_ndcg@10_ci_high"]
+    assert same["vs_baseline"] == "" and same["p_holm"] == 1.0
+    assert same["delta_test_ndcg@10"] == pytest.approx(0.0, abs=1e-12)
+    # Marks go into the grouped table; the per-job table stays without them.
+    assert "vs_baseline" not in summary.rows[0]
+    seeds_markdown = summary.seeds_markdown()
+    assert (
+        "delta_test_ndcg@10 [95% CI]" in seeds_markdown
+        and "Holm over 2 comparisons" in seeds_markdown
+    )
+    assert "| +0.2500 [+0.2500, +0.2500] |" in seeds_markdown
+    # Another per-query metric: recall@100 is 1.0 on every query of every arm, so no mark.
+    recall = summarize_sweep(load_sweep(seeded_sweep), metric="recall@100", permutations=99)
+    marks = {row["configuration"]: row["vs_baseline"] for row in recall.seed_rows}
+    assert marks == {"variant=baseline": "baseline", "variant=better": "", "variant=same": ""}
+    assert "test_recall@100_ci_low" in recall.seed_rows[0]
+    assert "delta_test_recall@100" in recall.seed_rows[0]
+
+
+def test_with_one_seed_per_configuration_the_per_job_table_carries_the_marks(
+    tmp_path: Path,
+) -> None:
+    sweep = load_sweep(_build_seeded_sweep(tmp_path / "single", seeds=(0,)))
+    summary = summarize_sweep(sweep, permutations=999, resamples=999)
+
+    assert summary.seed_rows is None and summary.seeds_markdown() is None
+    rows = _by(summary.rows, "variant")
+    assert [rows[arm]["vs_baseline"] for arm in ARMS] == ["baseline", "*", ""]
+    assert "Holm over 2 comparisons" in summary.jobs_markdown()
+
+
+def test_per_query_files_on_different_queries_raise_naming_the_jobs(seeded_sweep: Path) -> None:
+    def drop_query(job: str) -> None:
+        path = seeded_sweep / job / "test_per_query.tsv"
+        path.write_text("".join(line for line in path.read_text().splitlines(True)[:-1]))
+
+    # One arm's seeds all lack a query the baseline has: the arm and the baseline are named.
+    for job in ("3", "4", "5"):
+        drop_query(job)
+    with pytest.raises(SweepComparisonError, match=r"variant=better.*job\(s\) 3, 4, 5.*0, 1, 2"):
+        summarize_sweep(load_sweep(seeded_sweep), permutations=99, resamples=99)
+    # Within one configuration: the two seeds and their files are named.
+    drop_query("0")
+    with pytest.raises(SweepComparisonError, match="job 0 .* and job 1 .*different queries"):
+        summarize_sweep(load_sweep(seeded_sweep), permutations=99, resamples=99)
+
+
+def test_choose_baseline_by_key_value_and_its_errors(seeded_sweep: Path) -> None:
+    configurations = group_configurations(load_sweep(seeded_sweep).jobs)
+
+    assert choose_baseline(configurations, {"variant": "same"}).label == "variant=same"
+    with pytest.raises(SweepComparisonError, match="matches no configuration.*'baseline'"):
+        choose_baseline(configurations, {"variant": "nope"})
+    with pytest.raises(SweepComparisonError, match="matches 3 configurations"):
+        choose_baseline(configurations, {"trainer.max_steps": "20"})
+    with pytest.raises(SweepComparisonError, match="cannot select a seed"):
+        choose_baseline(configurations, {"seed": "0"})
+    with pytest.raises(SweepComparisonError, match="no job sets 'lr'"):
+        choose_baseline(configurations, {"lr": "1"})
+    # Without "baseline" among the values there is no default.
+    assert choose_baseline(group_configurations(load_sweep(seeded_sweep).jobs[3:])) is None
+
+
+def test_cli_baseline_option_marks_against_the_chosen_configuration(
+    seeded_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    main([str(seeded_sweep), "--output", str(tmp_path / "out"), "--baseline", "variant=same"])
+
+    printed = capsys.readouterr().out
+    assert "configurations (jobs that differ only in the seed)" in printed
+    lines = {line.split(" | ")[0]: line for line in printed.splitlines() if "| variant=" in line}
+    assert lines["| variant=same"].endswith("| baseline |")
+    assert lines["| variant=better"].endswith("| * |")
+    assert lines["| variant=baseline"].endswith("|  |")  # equal to "same": no mark
+    assert "against the baseline 'variant=same'" in printed
+    assert (
+        (tmp_path / "out" / "summary_seeds.csv")
+        .read_text()
+        .startswith("configuration,seeds,n,jobs,best_ndcg@10_mean,best_ndcg@10_std,")
+    )
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(seeded_sweep), "--output", str(tmp_path / "out"), "--baseline", "variant=nope"])
+    assert exit_info.value.code == 2
+    assert "--baseline variant=nope matches no configuration" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(seeded_sweep), "--baseline", "variant"])
+    assert "KEY=VALUE" in capsys.readouterr().err

@@ -9,7 +9,7 @@ stopword list came closer than none on three of the four figures.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import bm25s
@@ -34,6 +34,28 @@ class BM25Config:
 
     k1: float = 0.9
     b: float = 0.4
+
+
+@dataclass(frozen=True)
+class BM25PriorConfig:
+    """BM25 plus a bonus for documents relevant to training queries (``model=bm25_prior``).
+
+    A baseline that learns nothing about retrieval: it only knows which documents the training
+    judgments call relevant. What it gains over BM25 on a split is what a trained model can
+    gain by memory alone. A document's score is its BM25 score divided by the query's best BM25
+    score, plus ``weight`` if it is relevant to a training query (see
+    :meth:`BM25Retriever.search_with_prior`).
+
+    Attributes:
+        k1: term-frequency saturation.
+        b: length normalisation.
+        weight: the bonus, as a fraction of the query's best BM25 score. Set by hand, not tuned
+            on any test split.
+    """
+
+    k1: float = 0.9
+    b: float = 0.4
+    weight: float = 0.5
 
 
 class BM25Retriever:
@@ -114,6 +136,37 @@ class BM25Retriever:
         ):
             scores = self.score_all(text)
             # Sort by score descending, then by corpus position, for deterministic ties.
+            order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+            rankings[query_id] = [(self.ids[row], float(scores[row])) for row in order]
+        return rankings
+
+    def search_with_prior(
+        self, queries: dict[str, str], prior_documents: Collection[str], weight: float, k: int = 100
+    ) -> dict[str, Ranking]:
+        """Top ``k`` documents by BM25 relative to the query's best, plus ``weight`` for a prior.
+
+        Each document scores ``bm25 / max(bm25 over the corpus)`` (0 when no query word is
+        indexed), plus ``weight`` when its id is in ``prior_documents``.
+
+        Example:
+            >>> retriever = BM25Retriever(["a", "b"], ["cats purr", "cats purr loudly purr"],
+            ...                           show_progress=False)
+            >>> [doc for doc, _ in retriever.search({"q": "purr"}, k=2)["q"]]
+            ['b', 'a']
+            >>> [doc for doc, _ in retriever.search_with_prior({"q": "purr"}, {"a"}, 0.5)["q"]]
+            ['a', 'b']
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        k = min(k, len(self.ids))
+        bonus = np.array([weight if doc_id in prior_documents else 0.0 for doc_id in self.ids])
+        rankings: dict[str, Ranking] = {}
+        for query_id, text in tqdm(
+            queries.items(), desc="BM25 + prior", unit="query", disable=not self.show_progress
+        ):
+            scores = self.score_all(text).astype(np.float64)
+            best = scores.max()
+            scores = (scores / best if best > 0 else scores) + bonus
             order = np.lexsort((np.arange(len(scores)), -scores))[:k]
             rankings[query_id] = [(self.ids[row], float(scores[row])) for row in order]
         return rankings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from colbert_lightning.data.beir import DevSet, find_beir_file, load_dev_set, qrels_path
 from colbert_lightning.evaluation.precision import EvaluationPrecision, check_precision
 from colbert_lightning.evaluation.schedule import EvaluationSchedule
 from colbert_lightning.modeling.checkpoints import (
@@ -37,6 +39,11 @@ class RetrievalEvaluation(pl.Callback):
     ``trainer.callback_metrics`` (with ``val/step``, the step they describe) so that
     :class:`BestDevCheckpoint` can keep the best weights.
 
+    Extra collections (``extra``) are evaluated at the same steps, by exact search over their
+    whole corpus, and logged as ``val_<name>/ndcg@10`` and so on: out-of-domain learning curves
+    beside the in-domain ones. They never choose a checkpoint, and their queries are not
+    checked against the training queries.
+
     Args:
         schedule: which optimiser steps to evaluate at.
         mode: ``exact`` full-corpus MaxSim search, or ``rerank`` of the dev set's candidates.
@@ -45,6 +52,10 @@ class RetrievalEvaluation(pl.Callback):
         precision: ``32``, ``bf16`` (autocast), or ``auto``: bf16 where the device computes it
             natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else 32. Independent of
             the trainer's precision.
+        extra: collection name -> BEIR folder, also evaluated at every evaluation. The config
+            lists names (``callbacks.evaluation.extra=[med]``), which ``train`` resolves to
+            their data configs' ``data.root``.
+        extra_split: the qrels split of the extra collections.
     """
 
     def __init__(
@@ -54,6 +65,8 @@ class RetrievalEvaluation(pl.Callback):
         batch_size: int = 64,
         k: int = 100,
         precision: EvaluationPrecision | int = "32",
+        extra: Mapping[str, str | Path] | None = None,
+        extra_split: str = "test",
     ) -> None:
         if mode not in ("exact", "rerank"):
             raise ValueError(f"callbacks.evaluation.mode must be exact or rerank, got {mode!r}")
@@ -64,6 +77,9 @@ class RetrievalEvaluation(pl.Callback):
         self.batch_size = batch_size
         self.k = k
         self.precision = check_precision(precision, "callbacks.evaluation.precision")
+        self.extra = {name: Path(root) for name, root in (extra or {}).items()}
+        self.extra_split = extra_split
+        self._extra_sets: dict[str, DevSet] = {}
         self.history: list[dict[str, float]] = []
         self._last_step = -1
 
@@ -96,6 +112,15 @@ class RetrievalEvaluation(pl.Callback):
             dev_set, self.mode, self.batch_size, self.k, self.precision
         )
         values = {f"val/{name}": value for name, value in metrics.items()}
+        for collection in self.extra:
+            extra_metrics = pl_module.evaluate_retrieval(
+                self._extra_set(collection, pl_module),
+                "exact",
+                self.batch_size,
+                self.k,
+                self.precision,
+            )
+            values.update({f"val_{collection}/{n}": v for n, v in extra_metrics.items()})
         values["trainer/examples_seen"] = float(getattr(pl_module, "examples_seen", 0))
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
@@ -104,9 +129,23 @@ class RetrievalEvaluation(pl.Callback):
         trainer.callback_metrics[EVALUATED_STEP] = torch.tensor(step)
         self.history.append({"step": step, **values})
         self._last_step = step
-        shown = "  ".join(f"{name}={value:.4f}" for name, value in metrics.items())
+        shown = "  ".join(
+            f"{name}={value:.4f}" for name, value in values.items() if name.endswith("ndcg@10")
+        )
         log.info("step %d: %s", step, shown)
         return values
+
+    def _extra_set(self, name: str, pl_module: pl.LightningModule) -> DevSet:
+        """Collection ``name``'s corpus, judged queries and qrels, loaded at first use."""
+        if name not in self._extra_sets:
+            root = self.extra[name]
+            self._extra_sets[name] = load_dev_set(
+                find_beir_file(root, "corpus"),
+                find_beir_file(root, "queries"),
+                qrels_path(root, self.extra_split),
+                is_empty=pl_module.model.tokenizer.is_empty,
+            )
+        return self._extra_sets[name]
 
     def state_dict(self) -> dict[str, Any]:
         """The evaluation history travels with checkpoints, so a resumed run keeps step 0."""

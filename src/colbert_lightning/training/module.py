@@ -114,8 +114,9 @@ class ColBERTModule(pl.LightningModule):
         self.nonfinite_batches = 0  # batches skipped for a non-finite loss
         self._checkpoint_metadata: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
-        # the dev corpus' texts, (batch size, rank, world size), and its tokens (_dev_rankings)
-        self._dev_tokens: tuple[list[str], tuple[int, ...], TokenizedBatches] | None = None
+        # per evaluated corpus (the dev set's, extra collections'): its texts, (batch size,
+        # rank, world size) and its tokens (_dev_rankings), keyed by the texts' identity
+        self._dev_tokens: dict[int, tuple[list[str], tuple[int, ...], TokenizedBatches]] = {}
 
     def setup(self, stage: str) -> None:
         """Refuse option combinations that cannot work."""
@@ -315,12 +316,13 @@ class ColBERTModule(pl.LightningModule):
             # the corpus' tokens (this process' share) do not change between evaluations:
             # tokenise them once
             key = (batch_size, *((0, 1) if group is None else (group.rank, group.world_size)))
-            cached = self._dev_tokens
+            cached = self._dev_tokens.get(id(dev_set.corpus_texts))
             if cached is None or cached[0] is not dev_set.corpus_texts or cached[1] != key:
                 tokens = tokenize_by_length(
                     self.model.tokenizer, dev_set.corpus_texts, batch_size, group
                 )
-                self._dev_tokens = cached = (dev_set.corpus_texts, key, tokens)
+                cached = (dev_set.corpus_texts, key, tokens)
+                self._dev_tokens[id(dev_set.corpus_texts)] = cached
             return exact_rankings(
                 self.model,
                 dev_set.corpus_ids,

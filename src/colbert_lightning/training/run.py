@@ -14,14 +14,22 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from colbert_lightning.config.checks import ConfigError, check_config
+from colbert_lightning.config.checks import ConfigError, check_beir_root, check_config
+from colbert_lightning.config.collections import collection_roots
 from colbert_lightning.config.metadata import git_commit
 from colbert_lightning.data import SeenQueries
+from colbert_lightning.data.beir import find_beir_file, qrels_path
 from colbert_lightning.data.negatives import prepared_inputs
-from colbert_lightning.evaluation.split import evaluate_split, one_line_table
+from colbert_lightning.evaluation.split import (
+    Baseline,
+    evaluate_split,
+    one_line_table,
+    relevant_documents,
+    write_evaluation,
+)
 from colbert_lightning.modeling import ColBERT, ColBERTConfig, ColBERTTokenizer
 from colbert_lightning.modeling.checkpoints import remove_stale_temporaries
-from colbert_lightning.retrieval.bm25 import BM25Config
+from colbert_lightning.retrieval.bm25 import BM25Config, BM25PriorConfig
 from colbert_lightning.training.callbacks import AtomicCheckpointIO, RetrievalEvaluation
 from colbert_lightning.training.threads import fix_intra_op_threads
 
@@ -43,12 +51,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_config = instantiate(cfg.model)
     if not isinstance(model_config, ColBERTConfig):
         raise ConfigError(f"model={type(model_config).__name__} is not a trainable ColBERT")
+    extra = extra_collections(cfg)
     tokenizer = ColBERTTokenizer.from_config(model_config)
     # data before weights: a wrong path or value fails before any weight is built or loaded
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     model = ColBERT.from_config(model_config, tokenizer)
     module = instantiate(cfg.module, model=model)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks = build_callbacks(cfg, extra)
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -71,7 +80,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_at_start = None
     if cfg.get("test_split") and not cfg.get("ckpt_path") and trainer.is_global_zero:
         datamodule.prepare_data()  # the training queries must exist to be left out of the test
-        test_at_start = _evaluate_on_test(cfg, model, datamodule.seen_queries())
+        test_at_start = _evaluate_on_test(cfg, model, datamodule.seen_queries(), "test_step0")
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
@@ -108,9 +117,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         last = checkpoint_dir / "last.ckpt"
         chosen = results["best_checkpoint"] or (str(last) if last.is_file() else None)
         seen = datamodule.seen_queries()
-        results["test"] = _evaluate_on_test(cfg, chosen or model, seen)
-        # what a model that cannot learn scores on the very same queries
-        results["test_bm25"] = _evaluate_on_test(cfg, BM25Config(), seen)
+        results["test"] = _evaluate_on_test(cfg, chosen or model, seen, "test")
+        # what a model that cannot learn scores on the very same queries, and what one that
+        # only remembers which documents training called relevant scores
+        results["test_bm25"] = _evaluate_on_test(cfg, BM25Config(), seen, "test_bm25")
+        if _training_judgments(cfg.data):
+            prior = BM25PriorConfig()
+            results["test_bm25_prior"] = _evaluate_on_test(cfg, prior, seen, "test_bm25_prior")
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +131,48 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s", summary_table(results))
         log.info("results: %s", output_dir / "results.json")
     return results
+
+
+def build_callbacks(cfg: DictConfig, extra: dict[str, str] | None = None) -> list[pl.Callback]:
+    """``cfg.callbacks``, instantiated; the evaluation's extra collections as name -> folder.
+
+    Args:
+        cfg: the training config.
+        extra: ``callbacks.evaluation.extra`` resolved (:func:`extra_collections`); None:
+            resolve it here.
+    """
+    if extra is None:
+        extra = extra_collections(cfg)
+    callbacks = []
+    for key, callback in cfg.callbacks.items():
+        if key == "evaluation":
+            # the names become folders: a mapping where the config holds a list
+            callback = OmegaConf.to_container(callback, resolve=True)
+            callback["extra"] = extra
+        callbacks.append(instantiate(callback))
+    return callbacks
+
+
+def extra_collections(cfg: DictConfig) -> dict[str, str]:
+    """``callbacks.evaluation.extra``'s collection names -> their BEIR folders, checked.
+
+    Raises:
+        ConfigError: a name that is neither a data config nor a folder, or a folder without
+            the corpus, queries or qrels split to evaluate.
+    """
+    evaluation = cfg.get("callbacks", {}).get("evaluation") or {}
+    names = list(evaluation.get("extra") or [])
+    split = evaluation.get("extra_split", "test")
+    roots = collection_roots(names, cfg.paths, "callbacks.evaluation.extra")
+    for label, root in roots.items():
+        check_beir_root(root, f"callbacks.evaluation.extra ({label})")
+        try:
+            for stem in ("corpus", "queries"):
+                find_beir_file(root, stem)
+            qrels_path(root, split)
+        except (FileNotFoundError, IsADirectoryError) as error:
+            raise ConfigError(f"callbacks.evaluation.extra ({label}): {error}") from None
+    return roots
 
 
 def _finish_wandb_runs(trainer: pl.Trainer) -> None:
@@ -129,21 +184,48 @@ def _finish_wandb_runs(trainer: pl.Trainer) -> None:
 
 
 def _evaluate_on_test(
-    cfg: DictConfig, model: ColBERT | str | BM25Config, seen: SeenQueries
+    cfg: DictConfig, model: ColBERT | str | Baseline, seen: SeenQueries, name: str
 ) -> dict[str, Any]:
     """The model (or a checkpoint's) metrics on the ``cfg.test_split`` qrels of data.root.
 
     Training evaluates the untrained model (before the first step) and, at the end, the best
     checkpoint by dev nDCG@10 (else the last, else the final model when no checkpoint is
     written): the split is never used to choose anything. Its queries that were trained on
-    or are dev queries (``seen``, by normalised text) are left out and counted.
+    or are dev queries (``seen``, by normalised text) are left out and counted. When the
+    training judgments are known, the queries none of whose relevant documents is relevant to
+    a training or dev query are reported apart (``subsets``). Per-query metrics and the run go
+    to ``<name>_per_query.tsv`` and ``<name>_run.trec`` in the output folder.
     """
     what = model if isinstance(model, str) else type(model).__name__
     log.info("evaluating %s on the %s split of %s", what, cfg.test_split, cfg.data.root)
     batch_size = cfg.callbacks.get("evaluation", {}).get("batch_size", 64)
-    result = evaluate_split(model, cfg.data.root, cfg.test_split, batch_size=batch_size, seen=seen)
+    judgments = _training_judgments(cfg.data)
+    result = evaluate_split(
+        model,
+        cfg.data.root,
+        cfg.test_split,
+        batch_size=batch_size,
+        seen=seen,
+        seen_documents=relevant_documents(judgments) if judgments else None,
+    )
     log.info("%s", one_line_table(result))
-    return result
+    output_dir = Path(cfg.paths.output_dir)
+    return write_evaluation(
+        result, output_dir / f"{name}_per_query.tsv", output_dir / f"{name}_run.trec", name
+    )
+
+
+def _training_judgments(data: DictConfig) -> list[Path]:
+    """The qrels of the training and dev queries: the documents training saw called relevant.
+
+    Empty when the training file's qrels are not given (``data.train.qrels``): then which
+    documents training saw relevant is unknown.
+    """
+    train = data.get("train", {}).get("qrels")
+    if not train or not Path(train).is_file():
+        return []
+    dev = data.get("dev", {}).get("qrels")
+    return [Path(path) for path in (train, dev) if path and Path(path).is_file()]
 
 
 def _metrics_at(history: list[dict[str, float]], step: int) -> dict[str, float] | None:
