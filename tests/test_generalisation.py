@@ -147,7 +147,7 @@ def small_collection(folder: Path) -> Path:
     write_qrels(folder / "qrels" / "train.tsv", {"r1": {"d1": 1, "d5": 0}, "r2": {"d2": 1}})
     test = {
         "t1": {"d1": 1, "d4": 1},  # one of its documents relevant in training: seen
-        "t2": {"d3": 1},  # held out
+        "t2": {"d3": 1, "d1": 0},  # held out: d1, relevant in training, is not relevant to t2
         "t3": {"d5": 1, "d6": 1},  # d5 was judged in training, but not relevant: held out
         "t4": {"d2": 1},  # seen
     }
@@ -312,6 +312,19 @@ def test_training_follows_extra_collections_and_reports_subsets(tmp_path):
         assert (tmp_path / "run" / results[name]["per_query_file"]).is_file()
         assert (tmp_path / "run" / results[name]["run_file"]).is_file()
     assert results["test_bm25_prior"]["model"] == "bm25_prior"
+    # on a split holding the training queries too, the checkpoint leaves those out (it records
+    # them), and BM25 beside it leaves out the very same ones
+    write_qrels(
+        root / "qrels" / "all.tsv", load_qrels(resource_path("cranfield") + "/qrels/test.tsv")
+    )
+    both = evaluate_collection(
+        results["best_checkpoint"], root, "all", tmp_path / "all", bm25=BM25Config()
+    )
+    assert both["model"]["queries"] == both["bm25"]["queries"] == 50
+    assert both["model"]["excluded_queries"] == both["bm25"]["excluded_queries"] == 175
+    model_ids = [row["query_id"] for row in read_tsv(tmp_path / "all" / "per_query_all.tsv")]
+    bm25_ids = [row["query_id"] for row in read_tsv(tmp_path / "all" / "per_query_all_bm25.tsv")]
+    assert model_ids == bm25_ids
 
 
 def test_an_unknown_extra_collection_fails_before_training(tmp_path):

@@ -17,23 +17,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from colbert_lightning.evaluation.configurations import (
+    SweepComparisonError,
+    choose_baseline,
+    group_configurations,
+)
+from colbert_lightning.evaluation.curves import plot_curves
 from colbert_lightning.evaluation.per_query import HELD_OUT, SEEN, write_per_query
+from colbert_lightning.evaluation.summary import summarize_sweep, write_summary
 from colbert_lightning.evaluation.sweeps import (
     EmptySweepError,
     Job,
-    SweepComparisonError,
     ValidationCurve,
-    choose_baseline,
-    group_configurations,
     load_sweep,
-    markdown_table,
-    plot_curves,
-    seed_rows,
-    summarize_sweep,
-    summary_rows,
     varying_overrides,
-    write_summary,
 )
+from colbert_lightning.evaluation.tables import markdown_table, seed_rows, summary_rows
 from colbert_lightning.summarize import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,9 +313,13 @@ def _kernel_name_for_this_python(jupyter_dir: Path) -> str:
     return name
 
 
-def test_notebook_runs_against_a_sweep(
-    fake_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _run_notebook(
+    sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parameters: str = ""
+) -> list:
+    """Execute the notebook on ``sweep_dir``; its code cells' outputs, none of them an error.
+
+    ``parameters`` is run after the ``parameters`` cell, as papermill injects its values.
+    """
     pytest.importorskip("matplotlib")
     pytest.importorskip("ipykernel")
     nbclient = pytest.importorskip("nbclient")
@@ -325,12 +328,17 @@ def test_notebook_runs_against_a_sweep(
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("COLBERT_SWEEP_DIR", str(fake_sweep))
+    monkeypatch.setenv("COLBERT_SWEEP_DIR", str(sweep_dir))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     # The committed notebook is stripped, and its first code cell holds the placeholder.
     assert all(not cell.outputs and cell.execution_count is None for cell in code_cells)
     assert code_cells[0].source.startswith("SWEEP_DIR = ")
+    assert "parameters" in code_cells[0].metadata.get("tags", [])
+    if parameters:
+        injected = nbformat.v4.new_code_cell(parameters)
+        notebook.cells.insert(notebook.cells.index(code_cells[0]) + 1, injected)
+        code_cells.insert(1, injected)
 
     nbclient.NotebookClient(
         notebook,
@@ -341,12 +349,25 @@ def test_notebook_runs_against_a_sweep(
 
     outputs = [output for cell in code_cells for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
+    # The notebook shows the tables and plots without writing anything next to the sweep.
+    assert not (sweep_dir / "summary.md").exists()
+    return outputs
+
+
+def _markdown_and_images(outputs: list) -> tuple[str, list]:
     markdown = "".join(output.get("data", {}).get("text/markdown", "") for output in outputs)
-    assert "| 1 | 0.0003 | - | 0.5000 | 10 |" in markdown
     images = [output for output in outputs if "image/png" in output.get("data", {})]
+    return markdown, images
+
+
+def test_notebook_runs_against_a_sweep(
+    fake_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markdown, images = _markdown_and_images(_run_notebook(fake_sweep, tmp_path, monkeypatch))
+
+    assert "| 1 | 0.0003 | - | 0.5000 | 10 |" in markdown
+    assert "| configuration |" not in markdown  # one seed per configuration: no seed table
     assert len(images) == 4
-    # The notebook shows the plots without writing anything next to the sweep.
-    assert not (fake_sweep / "summary.md").exists()
 
 
 # --- seeds, held-out subsets, BM25, extra dev collections, significance marks ---------------
@@ -639,6 +660,15 @@ def test_choose_baseline_by_key_value_and_its_errors(seeded_sweep: Path) -> None
     assert choose_baseline(group_configurations(load_sweep(seeded_sweep).jobs[3:])) is None
 
 
+def _configuration_lines(text: str) -> dict[str, str]:
+    """The seed table's lines in ``text``, by configuration label (``"variant=same"``)."""
+    return {
+        line.split(" | ")[0].removeprefix("| "): line
+        for line in text.splitlines()
+        if line.startswith("| variant=")
+    }
+
+
 def test_cli_baseline_option_marks_against_the_chosen_configuration(
     seeded_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -647,10 +677,10 @@ def test_cli_baseline_option_marks_against_the_chosen_configuration(
 
     printed = capsys.readouterr().out
     assert "configurations (jobs that differ only in the seed)" in printed
-    lines = {line.split(" | ")[0]: line for line in printed.splitlines() if "| variant=" in line}
-    assert lines["| variant=same"].endswith("| baseline |")
-    assert lines["| variant=better"].endswith("| * |")
-    assert lines["| variant=baseline"].endswith("|  |")  # equal to "same": no mark
+    lines = _configuration_lines(printed)
+    assert lines["variant=same"].endswith("| baseline |")
+    assert lines["variant=better"].endswith("| * |")
+    assert lines["variant=baseline"].endswith("|  |")  # equal to "same": no mark
     assert "against the baseline 'variant=same'" in printed
     assert (
         (tmp_path / "out" / "summary_seeds.csv")
@@ -665,3 +695,19 @@ def test_cli_baseline_option_marks_against_the_chosen_configuration(
     with pytest.raises(SystemExit):
         main([str(seeded_sweep), "--baseline", "variant"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_notebook_shows_seeds_marks_and_extra_collection_curves(
+    seeded_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = _run_notebook(
+        seeded_sweep, tmp_path, monkeypatch, parameters='BASELINE = {"variant": "same"}'
+    )
+    markdown, images = _markdown_and_images(outputs)
+
+    assert "| configuration | seeds | n | jobs | best_ndcg@10 |" in markdown
+    assert "against the baseline 'variant=same'" in markdown
+    lines = _configuration_lines(markdown)
+    assert lines["variant=same"].endswith("| baseline |")
+    assert lines["variant=better"].endswith("| * |")
+    assert len(images) == 6  # nDCG@10, MRR@10 and val_med/ndcg@10, against steps and examples

@@ -1,9 +1,10 @@
 """``python -m colbert_lightning.summarize SWEEP_DIR``: a sweep's tables, marks and curves.
 
-Reads what the jobs of a multirun wrote (see :mod:`colbert_lightning.evaluation.sweeps`) and
-writes ``summary.md``, ``summary.csv`` (one row per job), ``summary_seeds.md`` and
-``summary_seeds.csv`` (one row per configuration, when jobs differ only in ``seed``) and the
-learning-curve PNGs (dev nDCG@10 and MRR@10, and nDCG@10 of each extra dev collection).
+Reads what the jobs of a multirun wrote (:mod:`colbert_lightning.evaluation.sweeps`) and, through
+:mod:`colbert_lightning.evaluation.summary`, writes ``summary.md``, ``summary.csv`` (one row per
+job), ``summary_seeds.md`` and ``summary_seeds.csv`` (one row per configuration, when jobs differ
+only in ``seed``) and the learning-curve PNGs (dev nDCG@10 and MRR@10, and nDCG@10 of each extra
+dev collection).
 
 ``--baseline KEY=VALUE`` picks the configuration the others are compared with on the per-query
 test metric (``--metric``); without it, the configuration whose varying override is literally
@@ -16,15 +17,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from colbert_lightning.evaluation.configurations import SweepComparisonError, parse_baseline
 from colbert_lightning.evaluation.per_query import METRIC_NAMES, PerQueryFormatError
-from colbert_lightning.evaluation.sweeps import (
-    EmptySweepError,
-    SweepComparisonError,
-    load_sweep,
-    parse_baseline,
-    summarize_sweep,
-    write_summary,
-)
+from colbert_lightning.evaluation.summary import summarize_sweep, write_summary
+from colbert_lightning.evaluation.sweeps import EmptySweepError, load_sweep
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -130,7 +130,9 @@ class RetrievalEvaluation(pl.Callback):
         self.history.append({"step": step, **values})
         self._last_step = step
         shown = "  ".join(
-            f"{name}={value:.4f}" for name, value in values.items() if name.endswith("ndcg@10")
+            f"{name}={value:.4f}"
+            for name, value in values.items()
+            if name.startswith("val/") or name.endswith("ndcg@10")
         )
         log.info("step %d: %s", step, shown)
         return values
