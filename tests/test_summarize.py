@@ -4,7 +4,9 @@ Every test builds a small fake multirun under tmp_path by hand (no training). ``
 three finished jobs that differ in learning rate (one also sets a seed, one never validated),
 plus a job folder without results.json. ``seeded_sweep``: three arms (``variant=baseline``,
 ``better``, ``same``) x seeds 0, 1, 2, with test, BM25 and per-query results and an extra dev
-collection (``val_med``), as training writes them with ``test_split``.
+collection (``val_med``), as training writes them with ``test_split``. ``_build_bm25_sweep``:
+jobs whose recorded config names a tiny BEIR folder written under tmp_path as their dev set
+(and the shipped Cranfield as an extra collection), for BM25's dashed line on the curves.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from colbert_lightning.data.beir import load_dev_set
+from colbert_lightning.evaluation import baselines
 from colbert_lightning.evaluation.configurations import (
     SweepComparisonError,
     choose_baseline,
@@ -33,7 +37,10 @@ from colbert_lightning.evaluation.sweeps import (
     varying_overrides,
 )
 from colbert_lightning.evaluation.tables import markdown_table, seed_rows, summary_rows
+from colbert_lightning.resources import resource_path
+from colbert_lightning.retrieval.bm25 import BM25Retriever
 from colbert_lightning.summarize import main
+from tests.reference import naive_retrieval_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "sweep_summary.ipynb"
@@ -711,3 +718,234 @@ def test_notebook_shows_seeds_marks_and_extra_collection_curves(
     assert lines["variant=same"].endswith("| baseline |")
     assert lines["variant=better"].endswith("| * |")
     assert len(images) == 6  # nDCG@10, MRR@10 and val_med/ndcg@10, against steps and examples
+
+
+# --- BM25 on the dev curves ------------------------------------------------------------------
+
+TINY_DOCUMENTS = {
+    "d1": "cats purr when they sleep in the sun",
+    "d2": "dogs bark at the mailman every morning",
+    "d3": "a cat and a dog can share a house",
+    "d4": "the sun is a star at the centre of the solar system",
+    "d5": "solar panels turn sunlight into electricity",
+    "d6": "electric cars need charging stations",
+    "d7": "stars shine at night far from city lights",
+    "d8": "morning coffee helps people wake up",
+}
+TINY_QUERIES = {
+    "q1": "why do cats purr",
+    "q2": "solar electricity",
+    "q3": "dog barking in the morning",
+    "q4": "night stars",
+    "q5": "sun star",
+}
+# Dev and test judge different queries, so that BM25 on the wrong qrels gives other figures.
+TINY_QRELS = {
+    "dev": {"q1": {"d1": 2, "d3": 1}, "q2": {"d5": 1, "d4": 0}, "q5": {"d7": 1}},
+    "test": {"q3": {"d2": 1, "d8": 1}, "q4": {"d7": 1}},
+}
+BM25_CSV_HEADER = "epoch,step,trainer/examples_seen,val/mrr@10,val/ndcg@10,val_{extra}/ndcg@10"
+
+
+def _write_tiny_beir(root: Path) -> Path:
+    """A BEIR folder of 8 documents and 5 queries, judged in qrels/dev.tsv and qrels/test.tsv."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(
+        "".join(
+            json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n"
+            for doc_id, text in TINY_DOCUMENTS.items()
+        )
+    )
+    (root / "queries.jsonl").write_text(
+        "".join(
+            json.dumps({"_id": query_id, "text": text}) + "\n"
+            for query_id, text in TINY_QUERIES.items()
+        )
+    )
+    for split, qrels in TINY_QRELS.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [
+            f"{query_id}\t{doc_id}\t{grade}"
+            for query_id, judged in qrels.items()
+            for doc_id, grade in judged.items()
+        ]
+        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _write_bm25_job(folder: Path, lr: str, config: dict, extra: str) -> None:
+    """A finished job whose results.json records the config naming its dev files."""
+    _write_job(
+        folder,
+        [f"module.optimizer.lr={lr}"],
+        [_validation(0, 0.1, 0.05, 0.2), _validation(10, 0.5, 0.4, 0.6)],
+        best_step=10,
+    )
+    rows = [BM25_CSV_HEADER.format(extra=extra), ",0,0.0,0.1,0.05,0.02", ",10,320.0,0.5,0.4,0.1"]
+    (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    results = json.loads((folder / "results.json").read_text())
+    results["config"] = config
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def _bm25_config(root_dir: Path, dev: dict[str, str], extra: list[str]) -> dict:
+    """The parts of a resolved training config that name the dev evaluations."""
+    return {
+        "paths": {"root_dir": str(root_dir), "cache_dir": str(root_dir / ".cache")},
+        "data": {"dev": {**dev, "candidates": None}},
+        "callbacks": {"evaluation": {"mode": "exact", "extra": extra, "extra_split": "test"}},
+    }
+
+
+def _build_bm25_sweep(tmp_path: Path, extra: list[str], dev_qrels: tuple[str, ...]) -> Path:
+    """One job per entry of ``dev_qrels`` (a qrels split of the tiny folder as its dev set).
+
+    Job 0 names its dev files by absolute path; the others relative to ``paths.root_dir``, as
+    a user's override may (training runs with ``hydra.job.chdir=false``).
+    """
+    _write_tiny_beir(tmp_path / "tiny")
+    sweep_dir = tmp_path / "bm25_sweep"
+    extra_label = Path(extra[0]).name if extra else "none"
+    for number, split in enumerate(dev_qrels):
+        base = tmp_path / "tiny" if number == 0 else Path("tiny")
+        dev = {
+            "corpus": str(base / "corpus.jsonl"),
+            "queries": str(base / "queries.jsonl"),
+            "qrels": str(base / "qrels" / f"{split}.tsv"),
+        }
+        config = _bm25_config(tmp_path, dev, extra)
+        _write_bm25_job(sweep_dir / str(number), f"0.000{number + 1}", config, extra_label)
+    return sweep_dir
+
+
+def _independent_tiny_bm25(split: str) -> dict[str, float]:
+    """BM25 on the tiny folder's judged queries of ``split``, metrics by naive loops."""
+
+    qrels = TINY_QRELS[split]
+    retriever = BM25Retriever(list(TINY_DOCUMENTS), list(TINY_DOCUMENTS.values()))
+    rankings = retriever.search({query: TINY_QUERIES[query] for query in qrels}, k=100)
+    return naive_retrieval_metrics(rankings, qrels)
+
+
+def _dashed_lines(figure) -> dict[str, list[float]]:
+    [axes] = figure.axes
+    return {
+        line.get_label(): list(line.get_ydata())
+        for line in axes.lines
+        if line.get_linestyle() == "--"
+    }
+
+
+def test_bm25_on_the_dev_sets_equals_an_independent_computation_and_is_drawn_dashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+
+    indexed = []
+
+    class CountingRetriever(BM25Retriever):
+        def __init__(self, ids, texts, **options) -> None:
+            indexed.append(len(ids))
+            super().__init__(ids, texts, **options)
+
+    monkeypatch.setattr(baselines, "BM25Retriever", CountingRetriever)
+    sweep = load_sweep(_build_bm25_sweep(tmp_path, ["cranfield"], ("dev", "dev")))
+    summary = summarize_sweep(sweep)
+    paths = write_summary(sweep, tmp_path / "out", summary)
+
+    # The tiny dev set: BM25 gets neither everything nor nothing right on it.
+    dev = _independent_tiny_bm25("dev")
+    assert 0 < dev["ndcg@10"] < 1 and 0 < dev["mrr@10"] < 1
+    cranfield = resource_path("cranfield")
+    cranfield_set = load_dev_set(
+        f"{cranfield}/corpus.jsonl.gz",
+        f"{cranfield}/queries.jsonl.gz",
+        f"{cranfield}/qrels/test.tsv",
+    )
+    cranfield_rankings = BM25Retriever(
+        cranfield_set.corpus_ids, cranfield_set.corpus_texts, show_progress=False
+    ).search(cranfield_set.queries, k=100)
+    extra = naive_retrieval_metrics(cranfield_rankings, cranfield_set.qrels)
+
+    recorded = json.loads(paths["bm25_dev"].read_text())
+    settings = {key: recorded[key] for key in ("k1", "b", "k", "skipped")}
+    assert settings == {"k1": 0.9, "b": 0.4, "k": 100, "skipped": []}
+    figures = {figure["prefix"]: figure for figure in recorded["figures"]}
+    assert sorted(figures) == ["val", "val_cranfield"]
+    # Job 0 names the files by absolute path, job 1 relative to paths.root_dir: one figure.
+    assert figures["val"]["jobs"] == figures["val_cranfield"]["jobs"] == ["0", "1"]
+    assert figures["val"]["queries"] == len(TINY_QRELS["dev"])
+    assert figures["val_cranfield"]["queries"] == len(cranfield_set.qrels)
+    for prefix, expected in (("val", dev), ("val_cranfield", extra)):
+        assert figures[prefix]["metrics"] == pytest.approx(expected, abs=1e-6), prefix
+    assert indexed == [len(TINY_DOCUMENTS), len(cranfield_set.corpus_ids)]  # once per files
+
+    assert f"nDCG@10 {dev['ndcg@10']:.4f}" in paths["summary_markdown"].read_text()
+    assert {"curves_cranfield_ndcg_steps", "curves_cranfield_ndcg_examples"} <= set(paths)
+    for metric, value in (
+        ("val/ndcg@10", dev["ndcg@10"]),
+        ("val/mrr@10", dev["mrr@10"]),
+        ("val_cranfield/ndcg@10", extra["ndcg@10"]),
+    ):
+        references = summary.bm25_dev.lines(metric)
+        for x_axis in ("steps", "examples_seen"):
+            dashed = _dashed_lines(plot_curves(sweep, metric, x_axis, references))
+            assert dashed == {"BM25": pytest.approx([value, value], abs=1e-6)}, metric
+
+
+def test_jobs_on_different_dev_sets_get_a_bm25_line_each(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    sweep = load_sweep(_build_bm25_sweep(tmp_path, [], ("dev", "dev", "test")))
+    summary = summarize_sweep(sweep)
+
+    dev, test = _independent_tiny_bm25("dev"), _independent_tiny_bm25("test")
+    assert summary.bm25_dev.lines("val/ndcg@10") == {
+        "BM25 (jobs 0, 1)": pytest.approx(dev["ndcg@10"], abs=1e-6),
+        "BM25 (job 2)": pytest.approx(test["ndcg@10"], abs=1e-6),
+    }
+    figure = plot_curves(sweep, "val/ndcg@10", "steps", summary.bm25_dev.lines("val/ndcg@10"))
+    assert set(_dashed_lines(figure)) == {"BM25 (jobs 0, 1)", "BM25 (job 2)"}
+
+
+def test_missing_dev_files_leave_the_bm25_line_out_without_failing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    # A sweep copied to another machine: the dev folder and the extra collection are not there.
+    sweep_dir = _build_bm25_sweep(tmp_path, [str(tmp_path / "gone")], ("dev",))
+    (tmp_path / "tiny").rename(tmp_path / "moved")
+
+    main([str(sweep_dir), "--output", str(tmp_path / "out")])
+
+    printed = capsys.readouterr().out
+    assert "BM25 not drawn: val: " in printed and "BM25 not drawn: val_gone: " in printed
+    recorded = json.loads((tmp_path / "out" / "bm25_dev.json").read_text())
+    assert recorded["figures"] == [] and len(recorded["skipped"]) == 2
+    assert (tmp_path / "out" / "curves_gone_ndcg_steps.png").stat().st_size > 0
+    sweep = load_sweep(sweep_dir)
+    summary = summarize_sweep(sweep)
+    for metric in ("val/ndcg@10", "val/mrr@10", "val_gone/ndcg@10"):
+        assert summary.bm25_dev.lines(metric) == {}
+        figure = plot_curves(sweep, metric, "steps", summary.bm25_dev.lines(metric))
+        assert _dashed_lines(figure) == {}
+
+
+def test_cli_no_bm25_skips_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+
+    sweep_dir = _build_bm25_sweep(tmp_path, [], ("dev",))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("BM25 computed despite --no-bm25")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(baselines, "bm25_metrics", refuse)
+        main([str(sweep_dir), "--output", str(tmp_path / "skipped"), "--no-bm25"])
+    assert "BM25" not in capsys.readouterr().out
+    assert not (tmp_path / "skipped" / "bm25_dev.json").exists()
+    assert summarize_sweep(load_sweep(sweep_dir), bm25=False).bm25_dev is None
+
+    main([str(sweep_dir), "--output", str(tmp_path / "default")])
+    assert "BM25 (k1=0.9, b=0.4, top 100) on the same dev queries" in capsys.readouterr().out
+    assert (tmp_path / "default" / "bm25_dev.json").exists()

@@ -9,11 +9,16 @@ dev collection).
 ``--baseline KEY=VALUE`` picks the configuration the others are compared with on the per-query
 test metric (``--metric``); without it, the configuration whose varying override is literally
 ``baseline`` is, if exactly one is.
+
+BM25 on the same dev queries is computed from the files the jobs' configs name (once per
+distinct files), drawn as a dashed line on each curve, noted under the table and written to
+``bm25_dev.json``; files no longer there are skipped and said so. ``--no-bm25`` skips it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,9 +32,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m colbert_lightning.summarize SWEEP_DIR [options]``.
 
     Prints the per-job table, the per-configuration table when some configuration has several
-    seeds, the incomplete jobs and the files written. Exits with status 2 when ``SWEEP_DIR`` is
-    missing or holds no job with ``results.json``, or when ``--baseline`` cannot be compared
-    (no such configuration, no per-query test files, different test queries).
+    seeds (each with its notes: method, baseline, BM25 on the dev queries), the incomplete jobs
+    and the files written; logs each BM25 figure as it is computed. Exits with status 2 when
+    ``SWEEP_DIR`` is missing or holds no job with ``results.json``, or when ``--baseline``
+    cannot be compared (no such configuration, no per-query test files, different test
+    queries).
 
     Args:
         argv: Arguments without the program name; ``sys.argv[1:]`` when None.
@@ -57,14 +64,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="ndcg@10",
         help="per-query test metric of the comparisons and intervals (default: ndcg@10)",
     )
+    parser.add_argument(
+        "--no-bm25",
+        dest="bm25",
+        action="store_false",
+        help="do not compute BM25 on the jobs' dev sets (default: computed, drawn dashed on the "
+        "curves and written to bm25_dev.json)",
+    )
     args = parser.parse_args(argv)
+    # The BM25 figures and files skipped are logged as they are computed (to stderr).
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # as conf/hydra does: a line per index
     try:
         baseline = parse_baseline(args.baseline) if args.baseline else None
     except ValueError as error:
         parser.error(str(error))
     try:
         sweep = load_sweep(args.sweep_dir)
-        summary = summarize_sweep(sweep, baseline=baseline, metric=args.metric)
+        summary = summarize_sweep(sweep, baseline=baseline, metric=args.metric, bm25=args.bm25)
     except (FileNotFoundError, EmptySweepError, SweepComparisonError, PerQueryFormatError) as error:
         parser.error(str(error))
     paths = write_summary(

@@ -2,7 +2,8 @@
 
 :func:`curve_metrics` names what is drawn (dev nDCG@10 and MRR@10, and nDCG@10 of each extra dev
 collection); :func:`plot_curves` draws one of them, a configuration with several seeds as their
-mean with a min-max band.
+mean with a min-max band, and reference figures (BM25 on the same queries, see
+:mod:`~colbert_lightning.evaluation.baselines`) as dashed horizontal lines.
 
 matplotlib is imported only when plotting, so reading and tabulating a sweep stay light.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from colbert_lightning.evaluation.configurations import group_configurations
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 CURVE_METRICS = {"val/ndcg@10": "ndcg", "val/mrr@10": "mrr"}
 # x axes of the learning curves: ValidationCurve attribute -> (file-name suffix, axis label).
 CURVE_AXES = {"steps": ("steps", "optimizer step"), "examples_seen": ("examples", "examples seen")}
+REFERENCE_LINESTYLE = "--"
+"""How a reference figure (a baseline that does not train, e.g. BM25) is drawn across the plot."""
 
 
 def curve_metrics(jobs: Sequence[Job]) -> dict[str, str]:
@@ -94,7 +97,9 @@ def _short_number(value: float) -> str:
     return f"{value:g}"
 
 
-def plot_curves(sweep: Sweep, metric: str, x_axis: str) -> Figure:
+def plot_curves(
+    sweep: Sweep, metric: str, x_axis: str, references: Mapping[str, float] | None = None
+) -> Figure:
     """Draw one dev metric against steps or examples seen, one line per configuration.
 
     A configuration run with one seed is one job's line; one run with several seeds is their
@@ -109,6 +114,9 @@ def plot_curves(sweep: Sweep, metric: str, x_axis: str) -> Figure:
         sweep: The sweep.
         metric: A validation metric column, e.g. ``"val/ndcg@10"`` or ``"val_med/ndcg@10"``.
         x_axis: ``"steps"`` or ``"examples_seen"``.
+        references: Legend label -> value of ``metric``, each drawn as a dashed horizontal line
+            (``{"BM25": 0.31}``, from :meth:`DevBaselines.lines
+            <colbert_lightning.evaluation.baselines.DevBaselines.lines>`); None: none.
 
     Returns:
         A matplotlib figure with an Agg canvas attached (no pyplot, no global backend change).
@@ -159,6 +167,13 @@ def plot_curves(sweep: Sweep, metric: str, x_axis: str) -> Figure:
                 alpha=0.2,
                 linewidth=0,
             )
+    references = references or {}
+    for index, (label, value) in enumerate(references.items()):
+        # Greys, apart from the configurations' colours; darker to lighter when there are several.
+        grey = 0.25 + 0.4 * index / max(1, len(references) - 1)
+        axes.axhline(
+            value, linestyle=REFERENCE_LINESTYLE, linewidth=1.2, color=f"{grey:.2f}", label=label
+        )
     linear_up_to = smallest_positive_x if math.isfinite(smallest_positive_x) else 1.0
     axes.set_xscale("symlog", linthresh=linear_up_to)
     # Symlog's own ticks fall inside the linear part or skip short ranges; label round numbers.

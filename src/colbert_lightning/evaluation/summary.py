@@ -5,22 +5,28 @@ runs, through the Python API::
 
     sweep = load_sweep("outputs/train/multiruns/2026-11-27_15-47-44")  # evaluation.sweeps
     rows = summary_rows(sweep)  # evaluation.tables: one row per job, best dev nDCG@10 first
-    summary = summarize_sweep(sweep, baseline={"variant": "baseline"})  # + seeds and marks
+    summary = summarize_sweep(sweep, baseline={"variant": "baseline"})  # + seeds, marks, BM25
     paths = write_summary(sweep, "/tmp/summary", summary)  # summary.md/.csv, curve PNGs
 
 When a configuration (:mod:`~colbert_lightning.evaluation.configurations`) has several seeds, a
 grouped table gives mean and sample standard deviation over seeds and carries the marks against
 the baseline; otherwise the per-job table does.
+
+BM25 on the dev queries the jobs followed (:mod:`~colbert_lightning.evaluation.baselines`) is
+computed from the files their configs name, noted under the table, drawn as a dashed line on
+the curves and written to ``bm25_dev.json``; ``bm25=False`` skips it.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colbert_lightning.evaluation.baselines import DevBaselines, bm25_dev_baselines
 from colbert_lightning.evaluation.configurations import (
     BaselineComparison,
     choose_baseline,
@@ -43,13 +49,15 @@ class SweepSummary:
             several seeds, else None.
         comparison: The comparison with the baseline, or None (no baseline, or no per-query
             files for the default one).
-        notes: Lines printed under the table that carries the marks (method, baseline).
+        notes: Lines printed under the table that carries the marks (method, baseline, BM25).
+        bm25_dev: BM25 on the jobs' dev evaluations, or None when not asked for.
     """
 
     rows: list[dict[str, Any]]
     seed_rows: list[dict[str, Any]] | None
     comparison: BaselineComparison | None
     notes: list[str]
+    bm25_dev: DevBaselines | None = None
 
     def jobs_markdown(self) -> str:
         """The per-job table, with the notes when it carries the marks."""
@@ -70,8 +78,9 @@ def summarize_sweep(
     alpha: float = 0.05,
     permutations: int = 10_000,
     resamples: int = 10_000,
+    bm25: bool = True,
 ) -> SweepSummary:
-    """Group seeds, choose the baseline, compare, and build the tables.
+    """Group seeds, choose the baseline, compare, build the tables, and run BM25 on the dev sets.
 
     Args:
         sweep: The sweep.
@@ -82,9 +91,11 @@ def summarize_sweep(
         alpha: Family-wise significance level of the marks.
         permutations: Random sign flips per paired test.
         resamples: Bootstrap samples per interval.
+        bm25: Compute BM25 on the dev evaluations the jobs' configs name (once per distinct
+            files; a few seconds each), for the notes, the curves and ``bm25_dev.json``.
 
     Returns:
-        The tables and the comparison.
+        The tables, the comparison and the BM25 figures.
 
     Raises:
         SweepComparisonError: ``baseline`` matches no single configuration or has no per-query
@@ -125,11 +136,15 @@ def summarize_sweep(
             notes.append(
                 "Not compared (no per-query test file): " + "; ".join(comparison.not_compared)
             )
+    bm25_dev = bm25_dev_baselines(sweep.jobs) if bm25 else None
+    if bm25_dev is not None:
+        notes.extend(bm25_dev.notes())
     return SweepSummary(
         rows=summary_rows(sweep, None if grouped else comparison),
         seed_rows=grouped_rows,
         comparison=comparison,
         notes=notes,
+        bm25_dev=bm25_dev,
     )
 
 
@@ -149,7 +164,9 @@ def write_summary(
     ``summary_seeds.csv`` (one row per configuration) when a configuration has several seeds;
     ``curves_<metric>_{steps,examples}.png`` for each of :func:`curve_metrics` (``ndcg``,
     ``mrr``, then ``<name>_ndcg`` per extra dev collection) against optimizer steps and
-    against examples seen.
+    against examples seen, with BM25's figure dashed where the summary has it; and
+    ``bm25_dev.json`` (the BM25 figures and what was skipped) when the summary computed BM25
+    and some job names dev files.
 
     Args:
         sweep: The sweep.
@@ -159,7 +176,7 @@ def write_summary(
 
     Returns:
         ``"summary_markdown"``, ``"summary_csv"``, ``"seeds_markdown"`` and ``"seeds_csv"`` when
-        written, and ``"curves_<metric>_<axis>"`` -> path.
+        written, ``"bm25_dev"`` when written, and ``"curves_<metric>_<axis>"`` -> path.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -177,9 +194,14 @@ def write_summary(
         paths["seeds_csv"] = output_dir / "summary_seeds.csv"
         paths["seeds_markdown"].write_text(seeds_markdown + "\n")
         _write_csv(paths["seeds_csv"], summary.seed_rows)
+    bm25_dev = summary.bm25_dev
+    if bm25_dev is not None and (bm25_dev.figures or bm25_dev.skipped):
+        paths["bm25_dev"] = output_dir / "bm25_dev.json"
+        paths["bm25_dev"].write_text(json.dumps(bm25_dev.to_json(), indent=2) + "\n")
     for metric, metric_short in curve_metrics(sweep.jobs).items():
+        references = bm25_dev.lines(metric) if bm25_dev is not None else None
         for x_axis, (axis_short, _) in CURVE_AXES.items():
             name = f"curves_{metric_short}_{axis_short}"
             paths[name] = output_dir / f"{name}.png"
-            plot_curves(sweep, metric, x_axis).savefig(paths[name], dpi=120)
+            plot_curves(sweep, metric, x_axis, references).savefig(paths[name], dpi=120)
     return paths
