@@ -21,6 +21,7 @@ from colbert_lightning.data.beir import (
 from colbert_lightning.index import index
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.resources import resource_path
+from colbert_lightning.retrieval import ivf
 from colbert_lightning.retrieval.exact import exact_rankings, rerank_texts
 from colbert_lightning.retrieval.ivf import Retriever, build_index
 from colbert_lightning.search import search
@@ -250,3 +251,160 @@ def test_index_and_search_commands_on_a_beir_folder(model, collection, codec, tm
     assert one["results"][0]["doc_id"] in capsys.readouterr().out
     with pytest.raises(ConfigError, match="one of query=TEXT or split=NAME"):
         search(_compose("search", [*common, f"index={tmp_path / 'index'}"]))
+
+
+# ---- growing and shrinking an index in place ---------------------------------------------------
+
+UPDATE_DOCUMENTS = 30
+
+
+def _thorough(folder, model, manifest=None) -> Retriever:
+    """A retriever whose IVF stage misses nothing: every list probed, every document reranked."""
+    manifest = manifest or json.loads((folder / "manifest.json").read_text())
+    return Retriever(
+        folder,
+        model=model,
+        nprobe=manifest["nlist"],
+        candidates_per_token=4096,
+        rerank_depth=1000,
+    )
+
+
+def _same_hits(found, expected):
+    """The same documents in the same order, the same scores up to fp16 storage."""
+    assert [[hit.doc_id for hit in hits] for hits in found] == [
+        [hit.doc_id for hit in hits] for hits in expected
+    ]
+    for hits, reference in zip(found, expected, strict=True):
+        assert [hit.score for hit in hits] == pytest.approx(
+            [hit.score for hit in reference], abs=1e-2
+        )
+
+
+@pytest.fixture
+def small(model, collection, tmp_path):
+    """An index of 20 documents (4 IVF lists) and 10 more documents to add to it."""
+    ids, texts = collection["ids"][:UPDATE_DOCUMENTS], collection["texts"][:UPDATE_DOCUMENTS]
+    folder = tmp_path / "index"
+    build_index(model, ids[:20], texts[:20], folder, nlist=4, show_progress=False)
+    return folder, ids, texts
+
+
+def test_added_documents_are_searched_at_once_as_if_indexed_from_the_start(
+    model, collection, small, tmp_path
+):
+    folder, ids, texts = small
+    retriever = _thorough(folder, model)
+    queries = texts[20:25] + list(collection["queries"].values())[:5]  # new documents' texts too
+    manifest = retriever.add_documents(ids[20:], texts[20:])
+    assert manifest["documents"] == len(retriever) == UPDATE_DOCUMENTS
+    assert manifest["tokens"] == retriever.tokens == retriever.index.ntotal
+    # the index built over all 30 documents at once, with the very same IVF lists
+    fresh = tmp_path / "fresh"
+    build_index(model, ids, texts, fresh, nlist=4, show_progress=False)
+    reference = _thorough(fresh, model)
+    expected = reference.exact_search_batch(queries, k=10)
+    # each new document's own text finds it first
+    assert [hits[0].doc_id for hits in expected[:5]] == ids[20:25]
+    _same_hits(retriever.search_batch(queries, k=10), expected)
+    _same_hits(retriever.exact_search_batch(queries, k=10), expected)
+    # and the folder on disk says the same
+    _same_hits(_thorough(folder, model).search_batch(queries, k=10), expected)
+    reloaded = Retriever(folder, model=model)
+    assert reloaded.doc_ids == ids
+    # every document's stored tokens are the ones the fresh index stored (rows are laid out
+    # by encoding batch, so their places in the file differ)
+    assert np.array_equal(reloaded.doc_lengths, reference.doc_lengths)
+    for row in range(UPDATE_DOCUMENTS):
+        stored = []
+        for found in (reloaded, reference):
+            start, length = found.doc_starts[row], found.doc_lengths[row]
+            assert (found.token_docs[start : start + length] == row).all()
+            stored.append(np.array(found.embeddings[start : start + length], np.float32))
+        torch.testing.assert_close(*map(torch.from_numpy, stored), atol=2e-3, rtol=0)
+
+
+def test_deleted_documents_are_never_returned_and_their_ids_can_come_back(model, small):
+    folder, ids, texts = small
+    retriever = _thorough(folder, model)
+    queries = texts[:20]  # each document's own text: it would come first
+    before = retriever.index.ntotal
+    gone = [ids[3], ids[7]]
+    manifest = retriever.delete_documents(gone)
+    assert manifest["deleted"] == 2 and len(retriever) == 18
+    removed = int(retriever.doc_lengths[[3, 7]].sum())
+    assert retriever.index.ntotal == before - removed  # out of the IVF lists too
+    for found in (
+        retriever.search_batch(queries, k=20),
+        retriever.exact_search_batch(queries, k=20),
+        _thorough(folder, model).search_batch(queries, k=20),
+        Retriever(folder, model=model, nprobe=1, candidates_per_token=8).search_batch(queries),
+    ):
+        assert all(hit.doc_id not in gone for hits in found for hit in hits)
+        assert sum(len(hits) for hits in found) > 0
+    assert ids[3] not in retriever and ids[4] in retriever
+    with pytest.raises(KeyError, match="not in the index"):
+        retriever.delete_documents([ids[3]])  # deleted already
+    with pytest.raises(KeyError, match="not in the index"):
+        retriever.delete_documents(["no such document", ids[5]])
+    assert ids[5] in retriever  # nothing deleted by the failed call
+    with pytest.raises(ValueError, match="already in the index"):
+        retriever.add_documents([ids[4]], ["again"])
+    # a deleted id may name a new document
+    retriever.add_documents([ids[3]], [texts[25]])
+    hits = retriever.search_batch([texts[25]], k=3)[0]
+    assert hits[0].doc_id == ids[3]
+    assert Retriever(folder, model=model).search_batch([texts[25]], k=3)[0] == hits
+    with pytest.raises(KeyError, match="not in the index"):
+        retriever.exact_search_batch(queries, doc_ids=[ids[7]])
+    only = retriever.exact_search_batch(queries[:2], k=5, doc_ids=[ids[0], ids[1]])
+    assert [{hit.doc_id for hit in hits} for hits in only] == [{ids[0], ids[1]}] * 2
+
+
+def test_an_update_interrupted_before_its_manifest_leaves_the_previous_index(
+    model, small, monkeypatch
+):
+    folder, ids, texts = small
+    queries = texts[:5] + texts[20:25]
+    before = _thorough(folder, model).search_batch(queries, k=10)
+    real_save_json = ivf._save_json
+
+    def crash_on_manifest(path, value, indent=None):
+        if path.name == ivf.MANIFEST:
+            raise KeyboardInterrupt  # the process dies after every other file was written
+        real_save_json(path, value, indent)
+
+    monkeypatch.setattr(ivf, "_save_json", crash_on_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        _thorough(folder, model).add_documents(ids[20:], texts[20:])
+    # the IVF file holds the added tokens; a retriever leaves out those the manifest lacks
+    on_disk = ivf.faiss.read_index(str(folder / ivf.IVF)).ntotal
+    loaded = _thorough(folder, model)
+    assert on_disk > loaded.index.ntotal == loaded.tokens
+    with pytest.raises(KeyboardInterrupt):
+        _thorough(folder, model).delete_documents([ids[0]])
+    monkeypatch.undo()
+    # the arrays grew and the tombstone is written ...
+    assert len(json.loads((folder / "doc_ids.json").read_text())) == UPDATE_DOCUMENTS
+    # ... the manifest does not: tokens beyond it and IVF entries are dropped on loading;
+    # the deletion, whose tombstone was written, holds
+    reloaded = _thorough(folder, model)
+    assert len(reloaded.doc_ids) == 20 and len(reloaded) == 19
+    assert reloaded.index.ntotal == reloaded.tokens - int(reloaded.doc_lengths[0])
+    expected = [[hit for hit in hits if hit.doc_id != ids[0]] for hits in before]
+    found = reloaded.search_batch(queries, k=10)
+    _same_hits([hits[:9] for hits in found], [hits[:9] for hits in expected])
+    # the next update starts from the manifest's state and gives a consistent index
+    reloaded.add_documents(ids[20:], texts[20:])
+    again = _thorough(folder, model)
+    assert len(again) == 29 and again.index.ntotal == again.tokens - int(again.doc_lengths[0])
+    assert [hits[0].doc_id for hits in again.search_batch(texts[20:25], k=1)] == ids[20:25]
+
+
+def test_an_old_retriever_keeps_working_while_its_index_is_rebuilt(model, small):
+    folder, ids, texts = small
+    old = Retriever(folder, model=model)
+    expected = old.exact_search_batch(texts[:3], k=5)
+    build_index(model, ids[20:], texts[20:], folder, nlist=2, show_progress=False)
+    _same_hits(old.exact_search_batch(texts[:3], k=5), expected)  # its files live on
+    assert Retriever(folder, model=model).doc_ids == ids[20:]
