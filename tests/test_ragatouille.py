@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import random
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from colbert_lightning.compat.raw_data import group_by_query, raw_kind, write_training_data
+from colbert_lightning.compat.ragatouille import ActivationCheckpointing, large_blocks_unmapped
+from colbert_lightning.compat.raw_data import (
+    group_by_query,
+    query_triples,
+    raw_kind,
+    write_training_data,
+)
 from colbert_lightning.data.beir import find_beir_file, load_corpus, load_qrels, load_queries
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.modeling.formats import detect_format, write_folder
@@ -93,8 +104,10 @@ def test_ragatouille_from_scratch_script_runs_end_to_end(tiny_bert, cranfield, t
     assert trainer.results["steps"] == 3
     # the encoder's pretrained weights were loaded; only the projection started random
     assert trainer.results["init"]["random"] == {"linear": 16 * 32}
+    assert Path(model_path) == tmp_path / "run" / "checkpoints" / "colbert"
     assert detect_format(model_path) == "colbert"
-    model = ColBERT.load(model_path).eval()
+    model = ColBERT.load(model_path)  # what RAGPretrainedModel.from_pretrained loads it with
+    assert not any(module.training for module in model.modules())  # ready to encode
     assert (model.config.dim, model.config.doc_maxlen, model.config.query_maxlen) == (16, 48, 16)
     start = load_file(tiny_bert / "model.safetensors")["encoder.layer.0.output.dense.weight"]
     trained = model.encoder.state_dict()["encoder.layer.0.output.dense.weight"]
@@ -111,21 +124,32 @@ def test_train_arguments_map_onto_the_training_config(tiny_bert, cranfield, tmp_
     with pytest.raises(RuntimeError, match="prepare_training_data"):
         trainer.compose_config()
     trainer.prepare_training_data(pairs, documents, tmp_path / "data", num_new_negatives=2)
-    triples = trainer.data.counts["triples"]
+    assert trainer.data.counts["triples"] == 24  # 12 queries x 1 positive x 2 negatives
     cfg = trainer.compose_config(
         batch_size=4, maxsteps=1000, learning_rate=1e-5, use_ib_negatives=False, dim=24
     )
     # one pass over the triples (fewer than maxsteps); warm-up and decay follow that count
-    assert cfg.trainer.max_steps == -(-triples // 4)
+    assert cfg.trainer.max_steps == 6 and cfg.data.nway == 2
     assert cfg.module.scheduler.warmup_steps == 0.1 and cfg.module.scheduler.decay == "linear"
+    assert trainer.compose_config(batch_size=4, maxsteps=5).trainer.max_steps == 5
     assert cfg.module.optimizer.lr == 1e-5 and cfg.module.in_batch_negatives is False
     assert (cfg.model.init, cfg.model.name_or_path) == ("pretrained", str(tiny_bert))
     assert (cfg.model.dim, cfg.model.doc_maxlen, cfg.data.batch_size) == (24, 256, 4)
     assert cfg.trainer.accelerator == "cpu" and cfg.data.dev is None
     assert "evaluation" not in cfg.callbacks and "last_checkpoint" in cfg.callbacks
-    cfg = trainer.compose_config(batch_size=2, maxsteps=2, warmup_steps=1, accumsteps=2)
-    assert (cfg.trainer.max_steps, cfg.module.scheduler.warmup_steps) == (2, 1)
-    assert cfg.trainer.accumulate_grad_batches == 2
+    # activation checkpointing is on unless memory is not to be bounded
+    target = cfg.callbacks.activation_checkpointing._target_
+    assert target == "colbert_lightning.compat.ragatouille.ActivationCheckpointing"
+    unbounded = trainer.compose_config(bounded_memory=False)
+    assert "activation_checkpointing" not in unbounded.callbacks
+    # as colbert-ai: accumsteps splits batch_size; an optimiser step still takes batch_size
+    cfg = trainer.compose_config(batch_size=8, maxsteps=100, warmup_steps=1, accumsteps=2)
+    assert (cfg.trainer.max_steps, cfg.module.scheduler.warmup_steps) == (3, 1)
+    assert (cfg.trainer.accumulate_grad_batches, cfg.data.batch_size) == (2, 4)
+    with pytest.raises(ValueError, match="accumsteps=4"):
+        trainer.compose_config(batch_size=6, accumsteps=4)
+    with pytest.raises(ValueError, match="this run's 3 optimiser steps"):
+        trainer.compose_config(batch_size=8, warmup_steps=10)
     with pytest.raises(ValueError, match="use_relu"):
         trainer.compose_config(use_relu=True)
     # init=random: the encoder's architecture only
@@ -157,12 +181,16 @@ def test_pairs_become_bm25_hard_negative_triples_below_the_minimum_rank(cranfiel
     result = write_training_data(
         pairs, tmp_path, "pairs", documents, num_new_negatives=5, min_rank=10, max_rank=30
     )
-    assert result.counts["triples"] == 12 and result.counts["new_negatives"] == 60
+    # 12 queries with one positive each: one triple per new negative
+    assert result.counts["triples"] == 60 and result.counts["new_negatives"] == 60
     corpus = load_corpus(tmp_path / "beir" / "corpus.jsonl")
     assert len(corpus) == len(set(documents) | {positive for _, positive in pairs})
     queries = load_queries(tmp_path / "beir" / "queries.jsonl")
     rankings = BM25Retriever(corpus.ids, corpus.texts, show_progress=False).search(queries, k=30)
     lines = [json.loads(line) for line in open(result.triples, encoding="utf-8")]
+    assert len(lines) == 60 and {len(line["neg_ids"]) for line in lines} == {1}
+    assert len({(line["qid"], line["neg_ids"][0]) for line in lines}) == 60  # 5 distinct each
+    assert [line["qid"] for line in lines[:12]] != sorted(line["qid"] for line in lines[:12])
     for line in lines:
         ranks = {doc: rank for rank, (doc, _) in enumerate(rankings[line["qid"]], start=1)}
         assert all(10 <= ranks[doc] <= 30 for doc in line["neg_ids"])
@@ -184,9 +212,14 @@ def test_triplets_and_labelled_pairs_keep_their_given_negatives(tmp_path):
         triplets, tmp_path / "t", "triplets", documents, num_new_negatives=2, min_rank=1
     )
     lines = [json.loads(line) for line in open(result.triples, encoding="utf-8")]
-    assert [line["positive"] for line in lines] == ["the answer", "another answer", "second answer"]
-    assert lines[0]["negatives"][:3] == ["wrong one", "wrong two", "wrong three"]
-    assert len(lines[0]["negatives"]) == 5 and result.counts["given_negatives"] == 7
+    triples = {(line["query"], line["positive"], *line["negatives"]) for line in lines}
+    # topic 1: 2 positives x (3 given + 2 new negatives), every pair (fewer than 20 exist);
+    # topic 2: 1 positive x (1 given + 2 new)
+    assert len(lines) == len(triples) == 13 and result.counts["given_negatives"] == 4
+    for given in ("wrong one", "wrong two", "wrong three"):
+        for positive in ("the answer", "another answer"):
+            assert ("query about topic 1", positive, given) in triples
+    assert ("query about topic 2", "second answer", "wrong four") in triples
     labelled = [("q", "yes", 1), ("q", "no", 0), ("q", "yes too", "1")]
     with pytest.raises(ValueError, match="neither positive_label"):
         group_by_query(labelled, "labelled_pairs")
@@ -198,6 +231,7 @@ def test_triplets_and_labelled_pairs_keep_their_given_negatives(tmp_path):
     assert no_mining.counts == {
         **no_mining.counts,
         "triples": 1,
+        "pairs": 1,
         "given_negatives": 1,
         "new_negatives": 0,
     }
@@ -219,10 +253,138 @@ def test_n_usable_gpus_maps_to_lightning_devices_and_ddp(
     assert cfg.data.batch_size == 4  # RAGatouille's batch_size is the total over the GPUs
     trainer.n_usable_gpus = -1  # every visible GPU
     assert trainer.compose_config(batch_size=8).trainer.devices == 4
-    with pytest.raises(ValueError, match="multiple of the 4 GPUs"):
+    with pytest.raises(ValueError, match="multiple of the 4 GPU"):
         trainer.compose_config(batch_size=6)
     trainer.n_usable_gpus = 1
     cfg = trainer.compose_config(batch_size=8)
     assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.data.batch_size) == ("gpu", 1, 8)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert trainer.compose_config().trainer.accelerator == "cpu"  # with a warning in the log
+
+
+def ragatouille_triples(positives: int, negatives: int) -> int:
+    """How many triples RAGatouille's ``_make_individual_triplets`` makes for one query."""
+    if positives == 0 or negatives == 0:
+        return 0
+    if positives == 1:
+        return negatives
+    sampled = positives * min(negatives, max(1, 20 // positives))
+    return max(sampled, min(20, positives * negatives))  # topped up to 20 distinct pairs
+
+
+def test_query_triples_are_ragatouilles():
+    rng = random.Random(0)
+    for k in range(0, 25):
+        for n in (0, 1, 2, 3, 7, 10, 30):
+            positives, negatives = [f"p{i}" for i in range(k)], [f"n{i}" for i in range(n)]
+            pairs = query_triples(positives, negatives, rng)
+            assert len(pairs) == len(set(pairs)) == ragatouille_triples(k, n), (k, n)
+            assert {p for p, _ in pairs} == (set(positives) if n else set())
+
+
+@pytest.fixture(scope="module")
+def twelve_pairs(cranfield):
+    """12 pairs of 10 queries: the first query with 3 relevant abstracts, the others with 1."""
+    root = resource_path("cranfield")
+    corpus = load_corpus(find_beir_file(root, "corpus"))
+    queries = load_queries(find_beir_file(root, "queries"))
+    text_of = dict(zip(corpus.ids, corpus.texts, strict=True))
+    pairs, singles = [], 0
+    for query_id, grades in load_qrels(f"{root}/qrels/test.tsv").items():
+        relevant = [doc for doc, grade in grades.items() if grade > 0 and text_of[doc].strip()]
+        if not pairs and len(relevant) >= 3:
+            pairs += [(queries[query_id], text_of[doc]) for doc in relevant[:3]]
+        elif pairs and relevant and singles < 9:
+            pairs.append((queries[query_id], text_of[relevant[0]]))
+            singles += 1
+    return pairs, cranfield[1]
+
+
+def test_one_pass_is_ragatouilles_triples_and_the_schedule_follows_it(
+    tiny_bert, twelve_pairs, tmp_path
+):
+    from colbert_lightning import RAGTrainer
+
+    pairs, documents = twelve_pairs
+    assert (len(pairs), len({query for query, _ in pairs})) == (12, 10)
+    trainer = RAGTrainer("steps", str(tiny_bert), n_usable_gpus=0)
+    trainer.prepare_training_data(pairs, documents, tmp_path / "data", num_new_negatives=4)
+    # RAGatouille: 3 positives x 4 negatives (all 12 pairs, fewer than 20) + 9 x 4 = 48
+    expected = ragatouille_triples(3, 4) + 9 * ragatouille_triples(1, 4)
+    assert trainer.data.counts["triples"] == expected == 48
+    lines = Path(trainer.data.triples).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 48
+    model_path = trainer.train(
+        batch_size=8,
+        maxsteps=1000,
+        learning_rate=1e-3,
+        dim=16,
+        doc_maxlen=48,
+        output_dir=tmp_path / "run",
+        overrides=["data.num_workers=0", "model.query_maxlen=16", "trainer.log_every_n_steps=1"],
+    )
+    # one pass: ceil(48 / 8) optimiser steps, each of 8 triples
+    assert trainer.results["steps"] == 6 and trainer.results["examples_seen"] == 48
+    # warm-up "auto" is 10% of the 6 steps (1), then linear decay to 0 at step 6
+    with open(tmp_path / "run" / "csv" / "metrics.csv", encoding="utf-8") as file:
+        rates = [float(row["train/lr"]) for row in csv.DictReader(file) if row["train/lr"]]
+    assert rates == pytest.approx([0.0, 1e-3, 8e-4, 6e-4, 4e-4, 2e-4])
+    assert not any(module.training for module in ColBERT.load(model_path).modules())
+    assert trainer.optimizer_steps(batch_size=8, maxsteps=1000) == 6
+    assert trainer.optimizer_steps(batch_size=8, maxsteps=4) == 4  # maxsteps caps it
+
+
+def test_activation_checkpointing_keeps_the_loss_and_gradients():
+    from tests.conftest import TINY_ENCODER, tiny_config
+
+    dropout = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+    model = ColBERT.from_config(tiny_config(encoder_config={**TINY_ENCODER, **dropout})).train()
+    queries = model.tokenizer.queries(["laminar flow over a plate", "shock waves"])
+    documents = model.tokenizer.documents(
+        ["the boundary layer of a flat plate", "supersonic flow and shock waves", "heat"]
+    )
+
+    def gradients(seed: int) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(seed)
+        scores = model.score(model.encode_queries(queries), model.encode_documents(documents))
+        loss = torch.nn.functional.cross_entropy(scores, torch.tensor([0, 1]))
+        loss.backward()
+        return loss.item(), [parameter.grad.clone() for parameter in model.parameters()]
+
+    plain_loss, plain = gradients(seed=0)
+    callback, pl_module = ActivationCheckpointing(), SimpleNamespace(model=model)
+    callback.setup(None, pl_module, "fit")
+    assert model.encoder.is_activation_checkpointing
+    loss, checkpointed = gradients(seed=0)
+    assert loss == pytest.approx(plain_loss, abs=1e-6)
+    for expected, got in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    other_seed = gradients(seed=1)[1]  # dropout is on: the masks were replayed, not absent
+    assert not all(torch.equal(a, b) for a, b in zip(plain, other_seed, strict=True))
+    callback.teardown(None, pl_module, "fit")
+    assert not model.encoder.is_activation_checkpointing
+    with pytest.raises(ValueError, match="bounded_memory=False"):
+        callback.setup(
+            None, SimpleNamespace(model=SimpleNamespace(encoder=torch.nn.Linear(2, 2))), "fit"
+        )
+
+
+def _rss_mib() -> float:
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt and Linux's /proc")
+def test_training_on_the_cpu_gives_freed_blocks_back_to_the_system():
+    # freeing a mapped 24 MiB block raises glibc's adaptive threshold to 24 MiB: from then on
+    # smaller blocks come from the heap and stay resident when freed
+    warm = bytearray(24 << 20)
+    del warm
+    with large_blocks_unmapped() as changed:
+        assert changed
+        before = _rss_mib()
+        block = bytearray(16 << 20)  # zero-filled: every page is touched
+        assert _rss_mib() - before > 15
+        del block
+        assert _rss_mib() - before < 2  # unmapped, not kept in the heap

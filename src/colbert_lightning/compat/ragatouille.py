@@ -15,12 +15,25 @@ with overrides), calls the same ``train`` function, and returns the path of the 
 a colbert-ai folder (``HF_ColBERT`` + ``artifact.metadata``), which RAGatouille's
 ``RAGPretrainedModel.from_pretrained``, colbert-ai, PyLate and ``ColBERT.load`` all read.
 
+The triples are RAGatouille's: each query's negatives (given, plus ``num_new_negatives`` new
+ones) paired with its positive or, for a query with several positives, 20 of its (positive,
+negative) pairs, every positive in at least one. Each is one training example (a query, a
+positive, one negative): 60 pairs with ``num_new_negatives=10`` train on ~600 triples, 19 steps
+at ``batch_size=32``. ``batch_size`` is the whole optimiser step, which ``accumsteps`` splits
+into micro-batches (as colbert-ai does).
+
 Deliberate differences from RAGatouille 0.0.x:
 
-- Length of training: one pass over the triples or ``maxsteps``, whichever is shorter (as
-  colbert-ai trains), and warm-up (``"auto"``: 10%) and linear decay both follow that real number
-  of optimiser steps. RAGatouille sizes ``"auto"`` warm-up on one pass but decays over
-  ``maxsteps`` (500,000 by default), so its learning rate barely decays.
+- Length of training: one pass over the triples (``ceil(triples / batch_size)`` optimiser
+  steps) or ``maxsteps``, whichever is shorter (as colbert-ai trains), and warm-up (``"auto"``:
+  10%) and linear decay both follow that real number of steps. RAGatouille sizes ``"auto"``
+  warm-up on one pass but decays over ``maxsteps`` (500,000 by default), so its learning rate
+  barely decays.
+- Bounded memory (``train(..., bounded_memory=True)``, the default): the encoder's activations
+  are recomputed in the backward pass instead of kept (the same gradients), and on the CPU
+  glibc returns freed blocks of 1 MiB or more to the system during training. SciFact's 60-pair
+  MiniLM run on the CPU peaks at 2.1 GiB of RSS instead of 8.7 GiB; a step takes ~1.5x as long
+  (``benchmarks/RESULTS.md``). ``bounded_memory=False`` trades the memory back for the time.
 - Hard negatives are BM25's (this project's ``prepare`` sampling, offline), not a dense model's
   (``hard_negative_model_size`` is accepted and unused), and they really come from ranks
   ``hard_negative_minimum_rank..hard_negative_maximum_rank``: RAGatouille's miner never applies
@@ -42,14 +55,17 @@ Deliberate differences from RAGatouille 0.0.x:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -62,6 +78,90 @@ from colbert_lightning.modeling.formats import read_settings, write_folder
 from colbert_lightning.training.run import train as train_from_config
 
 log = logging.getLogger(__name__)
+
+
+class ActivationCheckpointing(pl.Callback):
+    """Training recomputes the encoder's activations in the backward pass instead of keeping them.
+
+    The loss and the gradients are the same (``torch.utils.checkpoint`` replays the dropout
+    masks); each step runs the encoder's forward once more, and the activations kept between
+    forward and backward are each layer's input instead of everything every layer computed. With
+    MiniLM, 32 queries and 64 documents of 256 tokens (RAGatouille's defaults), the encoder's
+    forward and backward take 7.3 GiB above the model on the CPU without it (attention dropout
+    keeps attention on PyTorch's unfused path: 200 MB tensors of (64, 12, 256, 256) scores,
+    probabilities and dropped probabilities, kept for every layer) and 1.5 GiB with it and
+    :func:`large_blocks_unmapped` (``benchmarks/RESULTS.md``).
+
+    Raises:
+        ValueError: the encoder does not support it (``supports_gradient_checkpointing``).
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Turn it on, before the model is moved or wrapped."""
+        encoder = pl_module.model.encoder
+        if not getattr(encoder, "supports_gradient_checkpointing", False):
+            raise ValueError(
+                f"{type(encoder).__name__} does not support activation checkpointing: "
+                "train(..., bounded_memory=False)"
+            )
+        # non-reentrant: works with inputs that need no gradient, as token ids
+        _encoder_method(encoder, "enable")({"use_reentrant": False})
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Turn it off: the model goes back as it came."""
+        _encoder_method(pl_module.model.encoder, "disable")()
+
+
+def _encoder_method(encoder: torch.nn.Module, action: str) -> Any:
+    """``activation_checkpointing_<action>``: ``gradient_checkpointing_<action>`` in older 5.x."""
+    name = f"activation_checkpointing_{action}"
+    if hasattr(encoder, name):
+        return getattr(encoder, name)
+    return getattr(encoder, f"gradient_checkpointing_{action}")
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter: blocks from this size up are mmapped, and unmapped when freed."""
+GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
+"""The highest value glibc's adaptive threshold reaches (64-bit)."""
+
+
+@contextmanager
+def large_blocks_unmapped(threshold: int = 1 << 20) -> Iterator[bool]:
+    """Inside, glibc's malloc maps blocks of ``threshold`` bytes or more, and unmaps them freed.
+
+    What ``MALLOC_MMAP_THRESHOLD_=1048576`` does for a whole process. By default glibc raises
+    its threshold as large blocks are freed (up to 32 MiB), so a training step's activations of
+    a few MiB to 32 MiB come from the heap, whose freed middle pages stay resident: SciFact's
+    60-pair MiniLM run held ~1.2 GB more than it used. Mapped blocks go back to the system when
+    freed, at the price of zeroing fresh pages. glibc cannot return to its adaptive threshold:
+    on leaving, the threshold is 32 MiB, the highest the adaptive one reaches.
+
+    Yields:
+        Whether it was set: False where the C library is not glibc (nothing is changed).
+    """
+    if not _libc_version().startswith("glibc"):
+        log.info("not glibc: the allocator's mmap threshold is left as it is")
+        yield False
+        return
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    changed = bool(mallopt(M_MMAP_THRESHOLD, threshold))
+    try:
+        yield changed
+    finally:
+        if changed:
+            mallopt(M_MMAP_THRESHOLD, GLIBC_MAX_MMAP_THRESHOLD)
+
+
+def _libc_version() -> str:
+    """``glibc 2.36`` under glibc; ``""`` elsewhere (macOS, Windows, musl)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):
+        return ""
+
+
+_CHECKPOINTING = f"{ActivationCheckpointing.__module__}.{ActivationCheckpointing.__qualname__}"
 
 
 class RAGTrainer:
@@ -169,6 +269,7 @@ class RAGTrainer:
         warmup_steps: int | Literal["auto"] = "auto",
         accumsteps: int = 1,
         *,
+        bounded_memory: bool = True,
         output_dir: str | Path | None = None,
         overrides: Sequence[str] = (),
     ) -> DictConfig:
@@ -181,11 +282,24 @@ class RAGTrainer:
         if use_relu:
             raise ValueError("use_relu=True is not supported (colbert-ai ignores it as well)")
         del nbits  # compression of an index, not of training
+        if accumsteps < 1 or maxsteps < 1:
+            raise ValueError(f"accumsteps and maxsteps must be >= 1, got {accumsteps}, {maxsteps}")
         devices = self._devices()
-        if batch_size < max(devices, 1) or batch_size % max(devices, 1):
-            raise ValueError(f"batch_size={batch_size} must be a multiple of the {devices} GPUs")
-        triples = self.data.counts["triples"]
-        steps = min(maxsteps, max(1, math.ceil(triples / (batch_size * accumsteps))))
+        # as colbert-ai: batch_size is the whole optimiser step, split across the GPUs and
+        # then into accumsteps micro-batches (which are each other's in-batch negatives)
+        parts = max(devices, 1) * accumsteps
+        if batch_size % parts:
+            raise ValueError(
+                f"batch_size={batch_size} must be a multiple of the {devices} GPU(s) times "
+                f"accumsteps={accumsteps}"
+            )
+        steps = self.optimizer_steps(batch_size, maxsteps)
+        if warmup_steps != "auto" and not 0 <= warmup_steps <= steps:
+            raise ValueError(
+                f"warmup_steps={warmup_steps} must be between 0 and this run's {steps} optimiser "
+                f"steps (one pass over {self.data.counts['triples']} triples at "
+                f"batch_size={batch_size}, at most maxsteps={maxsteps})"
+            )
         output_dir = Path(output_dir or _default_output_dir(self.model_name)).resolve()
         root = Path(self.data.root).resolve()
         values: list[str] = [
@@ -203,7 +317,8 @@ class RAGTrainer:
             "data.train.format=jsonl",
             # documents given or judged relevant to a query are never its in-batch negatives
             f"data.train.qrels={_quote(root / 'qrels' / 'train.tsv')}",
-            f"data.batch_size={batch_size // max(devices, 1)}",
+            "data.nway=2",  # a query, its positive and the one negative of its line
+            f"data.batch_size={batch_size // parts}",
             f"module.in_batch_negatives={use_ib_negatives}",
             f"module.optimizer.lr={learning_rate}",
             f"module.scheduler.warmup_steps={0.1 if warmup_steps == 'auto' else warmup_steps}",
@@ -216,6 +331,8 @@ class RAGTrainer:
             f"paths.output_dir={_quote(output_dir)}",
             f"paths.cache_dir={_quote(output_dir / '.cache')}",
         ]
+        if bounded_memory:
+            values.append(f"+callbacks.activation_checkpointing._target_={_CHECKPOINTING}")
         if self.data.counts["dev_queries"]:
             values += [
                 f"data.dev.corpus={_quote(root / 'corpus.jsonl')}",
@@ -241,27 +358,35 @@ class RAGTrainer:
         warmup_steps: int | Literal["auto"] = "auto",
         accumsteps: int = 1,
         *,
+        bounded_memory: bool = True,
         output_dir: str | Path | None = None,
         overrides: Sequence[str] = (),
     ) -> str:
         """Train as ``python -m colbert_lightning.train`` would, and export the model.
 
         Args:
-            batch_size: queries per optimiser step, over all GPUs.
+            batch_size: triples per optimiser step, over all GPUs and accumulation steps.
             nbits: recorded only (index compression).
-            maxsteps: at most this many optimiser steps (and at most one pass over the triples).
+            maxsteps: at most this many optimiser steps (and at most one pass over the triples:
+                see :meth:`optimizer_steps`).
             use_ib_negatives: the other queries' documents are negatives too.
             learning_rate: AdamW's peak learning rate.
             dim: size of the token embeddings.
             doc_maxlen: documents are truncated to this many tokens.
             use_relu: must be False.
             warmup_steps: linear warm-up steps, or ``"auto"`` (10% of the steps).
-            accumsteps: batches accumulated per optimiser step.
+            accumsteps: micro-batches ``batch_size`` is split into (gradient accumulation).
+            bounded_memory: recompute the encoder's activations in the backward pass instead
+                of keeping them (:class:`ActivationCheckpointing`) and, on the CPU, have glibc
+                return freed blocks of 1 MiB or more to the system (:func:`large_blocks_unmapped`):
+                SciFact's 60-pair MiniLM run peaks at 2.1 GiB instead of 8.7, each step taking
+                ~1.5x as long.
             output_dir: the run folder; default ``outputs/ragtrainer/<model_name>/<time>``.
             overrides: more Hydra overrides (``key=value``), applied last.
 
         Returns:
-            The trained model as a colbert-ai folder (``<output_dir>/checkpoints/colbert``).
+            The trained model as a colbert-ai folder (``<output_dir>/checkpoints/colbert``),
+            which ``ColBERT.load`` and RAGatouille's ``RAGPretrainedModel.from_pretrained`` read.
         """
         self.config = self.compose_config(
             batch_size,
@@ -274,10 +399,16 @@ class RAGTrainer:
             use_relu,
             warmup_steps,
             accumsteps,
+            bounded_memory=bounded_memory,
             output_dir=output_dir,
             overrides=overrides,
         )
-        self.results = train_from_config(self.config)  # what the command line runs
+        with (
+            large_blocks_unmapped()
+            if bounded_memory and self.config.trainer.accelerator == "cpu"
+            else nullcontext()
+        ):
+            self.results = train_from_config(self.config)  # what the command line runs
         run = Path(self.config.paths.output_dir)
         checkpoint = self.results["best_checkpoint"] or str(run / "checkpoints" / "last.ckpt")
         folder = run / "checkpoints" / "colbert"
@@ -287,6 +418,17 @@ class RAGTrainer:
         write_folder(model, folder, "colbert")
         log.info("trained model (%s) exported to %s", checkpoint, folder)
         return str(folder)
+
+    def optimizer_steps(self, batch_size: int = 32, maxsteps: int = 500_000) -> int:
+        """Optimiser steps :meth:`train` takes: one pass over the triples, at most ``maxsteps``.
+
+        ``ceil(triples / batch_size)``, counting triples as RAGatouille does (one per query,
+        positive and negative: 60 pairs with ``num_new_negatives=10`` make ~600), capped by
+        ``maxsteps``. Warm-up ``"auto"`` and the linear decay follow this number.
+        """
+        if self.data is None:
+            raise RuntimeError("call prepare_training_data before train")
+        return min(maxsteps, math.ceil(self.data.counts["triples"] / batch_size))
 
     def _devices(self) -> int:
         available = torch.cuda.device_count()

@@ -13,16 +13,21 @@ Written to ``output_dir``:
 - ``beir/``: ``corpus.jsonl`` (``all_documents`` and every passage, each text once),
   ``queries.jsonl``, ``qrels/train.tsv`` and ``qrels/dev.tsv`` (positives grade 1, given
   negatives grade 0), so that ``evaluate``, ``index`` and ``search`` read it as any BEIR folder;
-- ``triples.jsonl``: the ``jsonl`` training format, one line per (train query, positive): the
-  given negatives of the query, then ``num_new_negatives`` new ones (BM25 hard negatives from
-  ranks ``min_rank..max_rank``, the same sampling as ``prepare``; or random documents);
+- ``triples.jsonl``: the ``jsonl`` training format, one line per (query, positive, negative)
+  triple, in a seeded random order: RAGatouille's triples. Each train query's negatives are its
+  given ones plus ``num_new_negatives`` new ones (BM25 hard negatives from ranks
+  ``min_rank..max_rank``, or random documents); a query with one positive makes one triple per
+  negative, one with several positives 20 where it has that many pairs (see
+  :func:`query_triples`). So 60 pairs with ``num_new_negatives=10`` make ~600 triples, one
+  training example each (``data.nway=2``);
 - ``manifest.json``: parameters and counts, written last.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,12 +36,13 @@ from colbert_lightning.data.beir import write_qrels
 from colbert_lightning.data.negatives import (
     bm25_windows,
     check_rank_window,
-    sample_negatives,
     split_dev_queries,
 )
 
 RawKind = Literal["pairs", "labelled_pairs", "triplets"]
 TRIPLES_FILE = "triples.jsonl"
+MAX_TRIPLES_PER_QUERY = 20
+"""RAGatouille's triples for a query with several positives (see :func:`query_triples`)."""
 MANIFEST_FILE = "manifest.json"
 
 
@@ -61,8 +67,10 @@ class RawDataResult:
         output_dir: the folder.
         root: the BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/``).
         triples: the training file (``jsonl`` format).
-        counts: ``queries``, ``train_queries``, ``dev_queries``, ``documents``, ``triples``,
-            ``given_negatives``, ``new_negatives``, ``skipped_no_negatives``,
+        counts: ``queries``, ``train_queries``, ``dev_queries``, ``documents``, ``triples``
+            (lines of the training file), ``pairs`` (the (query, positive)s they come from),
+            ``given_negatives`` and ``new_negatives`` (over the train queries),
+            ``skipped_no_negatives`` (positives of queries without a negative),
             ``skipped_empty_positives``.
     """
 
@@ -149,6 +157,42 @@ def _texts(value: Any, number: int, what: str) -> list[str]:
     return [_text(item, number, what) for item in values]
 
 
+def query_triples(
+    positives: Sequence[str], negatives: Sequence[str], rng: random.Random
+) -> list[tuple[str, str]]:
+    """One query's ``(positive, negative)`` pairs, as many as RAGatouille makes.
+
+    With one positive, one pair per negative. With ``k > 1`` positives, each positive gets
+    ``min(len(negatives), max(1, 20 // k))`` negatives sampled by ``rng``; then other distinct
+    pairs, in ``rng``'s order, are added while there are fewer than 20 and some are left.
+
+    Example:
+        >>> len(query_triples(["p"], ["n1", "n2", "n3"], random.Random(0)))
+        3
+        >>> ten = [f"n{i}" for i in range(10)]
+        >>> [len(query_triples(["p1", "p2", "p3"][:k], ten, random.Random(0))) for k in (2, 3)]
+        [20, 20]
+        >>> len(query_triples(["p1", "p2"], ["n1", "n2"], random.Random(0)))
+        4
+    """
+    if not positives or not negatives:
+        return []
+    if len(positives) == 1:
+        return [(positives[0], negative) for negative in negatives]
+    per_positive = min(len(negatives), max(1, MAX_TRIPLES_PER_QUERY // len(positives)))
+    pairs = [
+        (positive, negative)
+        for positive in positives
+        for negative in rng.sample(list(negatives), per_positive)
+    ]
+    if len(pairs) < MAX_TRIPLES_PER_QUERY:
+        chosen = set(pairs)
+        others = [(p, n) for p in positives for n in negatives if (p, n) not in chosen]
+        rng.shuffle(others)
+        pairs += others[: MAX_TRIPLES_PER_QUERY - len(pairs)]
+    return pairs
+
+
 def write_training_data(
     raw_data: Sequence[Sequence[Any]],
     output_dir: str | Path,
@@ -164,26 +208,26 @@ def write_training_data(
     negative_label: int | str = 0,
     show_progress: bool = True,
 ) -> RawDataResult:
-    """Write a BEIR folder and BM25 hard-negative training triples from raw examples.
+    """Write a BEIR folder and RAGatouille's training triples from raw examples.
 
     Args:
         raw_data: records of ``kind`` (see the module docstring).
         output_dir: where everything goes (created).
         kind: ``pairs``, ``labelled_pairs`` or ``triplets``.
         all_documents: the whole collection, the pool new negatives come from.
-        num_new_negatives: new negatives per (query, positive), besides the given ones.
+        num_new_negatives: new negatives per query, besides its given ones.
         mine_hard_negatives: draw them from BM25 ranks ``min_rank..max_rank`` (1-based,
             inclusive) of the query, leaving out its given passages; else from all documents.
         min_rank: first BM25 rank a hard negative may come from.
         max_rank: last BM25 rank a hard negative may come from.
         dev_queries: queries held out (a count, or a fraction below 1) for ``qrels/dev.tsv``.
-        seed: seed of the dev split and the negative sampling.
+        seed: seed of the dev split, the negative sampling and the order of the triples.
         positive_label: label of relevant passages in ``labelled_pairs``.
         negative_label: label of non-relevant passages in ``labelled_pairs``.
         show_progress: tqdm bars while mining.
 
     Returns:
-        Paths and counts. A (query, positive) with no negative at all is skipped and counted.
+        Paths and counts. A positive of a query with no negative at all is skipped and counted.
     """
     if num_new_negatives < 0:
         raise ValueError(f"num_new_negatives must be >= 0, got {num_new_negatives}")
@@ -208,9 +252,9 @@ def write_training_data(
     (root / "qrels").mkdir(parents=True, exist_ok=True)
     (output_dir / MANIFEST_FILE).unlink(missing_ok=True)
     _write_jsonl(
-        root / "corpus.jsonl", [{"_id": i, "title": "", "text": t} for t, i in documents.items()]
+        root / "corpus.jsonl", ({"_id": i, "title": "", "text": t} for t, i in documents.items())
     )
-    _write_jsonl(root / "queries.jsonl", [{"_id": i, "text": q} for q, i in query_ids.items()])
+    _write_jsonl(root / "queries.jsonl", ({"_id": i, "text": q} for q, i in query_ids.items()))
     passages_of = {query_ids[query]: passages for query, passages in grouped.items()}
     qrels = {
         query_id: {
@@ -222,56 +266,67 @@ def write_training_data(
     write_qrels(root / "qrels" / "train.tsv", {q: qrels[q] for q in train_ids})
     write_qrels(root / "qrels" / "dev.tsv", {q: qrels[q] for q in dev_ids})
 
-    query_text = {query_id: query for query, query_id in query_ids.items()}
+    mining = mine_hard_negatives and num_new_negatives > 0
     windows: dict[str, list[str]] = {}
-    if mine_hard_negatives and num_new_negatives:
+    if mining:
         windows = bm25_windows(
             list(text_of),
             list(text_of.values()),
-            {q: query_text[q] for q in train_ids},
+            {q: texts[q] for q in train_ids},
             min_rank,
             max_rank,
             show_progress=show_progress,
         )
+    # random negatives (no mining) come from the documents with a text, drawn per query
+    with_text = [] if mining else [doc for doc, text in text_of.items() if text.strip()]
 
-    counts = dict.fromkeys(
-        ("triples", "given_negatives", "new_negatives", "skipped_no_negatives"), 0
-    )
+    counts = dict.fromkeys(("pairs", "given_negatives", "new_negatives", "skipped_no_negatives"), 0)
     counts["skipped_empty_positives"] = 0
-    lines = []
+    triples: list[tuple[str, str, str]] = []  # (query id, positive id, negative id)
     for query_id in train_ids:
         passages = passages_of[query_id]
+        positives = [documents[text] for text in passages.positives if text.strip()]
+        counts["skipped_empty_positives"] += len(passages.positives) - len(positives)
         given = [documents[text] for text in passages.negatives]
-        excluded = set(qrels[query_id])
-        pool = windows[query_id] if query_id in windows else list(text_of)
-        pool = [doc for doc in pool if doc not in excluded and text_of[doc].strip()]
-        for positive in passages.positives:
-            if not positive.strip():
-                counts["skipped_empty_positives"] += 1
-                continue
-            new = sample_negatives(pool, num_new_negatives, seed, query_id, documents[positive])
-            negative_ids = given + new
-            if not negative_ids:
-                counts["skipped_no_negatives"] += 1
-                continue
-            counts["triples"] += 1
-            counts["given_negatives"] += len(given)
-            counts["new_negatives"] += len(new)
-            lines.append(
-                {
-                    "query": query_text[query_id],
-                    "positive": positive,
-                    "negatives": [text_of[doc] for doc in negative_ids],
-                    "qid": query_id,
-                    "pid": documents[positive],
-                    "neg_ids": negative_ids,
-                }
-            )
-    if not lines:
+        excluded = qrels[query_id]
+        rng = random.Random(f"{seed}\t{query_id}")
+        if mining:
+            pool = [
+                doc for doc in windows[query_id] if doc not in excluded and text_of[doc].strip()
+            ]
+            new = rng.sample(pool, min(num_new_negatives, len(pool)))
+        else:  # enough draws that, once the query's judged documents are left out, none is short
+            draws = rng.sample(with_text, min(len(with_text), num_new_negatives + len(excluded)))
+            new = [doc for doc in draws if doc not in excluded][:num_new_negatives]
+        negatives = given + new
+        if not negatives:
+            counts["skipped_no_negatives"] += len(positives)
+            continue
+        counts["pairs"] += len(positives)
+        counts["given_negatives"] += len(given)
+        counts["new_negatives"] += len(new)
+        triples += [(query_id, p, n) for p, n in query_triples(positives, negatives, rng)]
+    if not triples:
         raise ValueError("no training triple: no (query, positive) has a negative to pair with")
-    triples = output_dir / TRIPLES_FILE
-    _write_jsonl(triples, lines)
+    # RAGatouille shuffles its triples once, when it writes them; the training stream shuffles too
+    random.Random(seed).shuffle(triples)
+    triples_path = output_dir / TRIPLES_FILE
+    _write_jsonl(
+        triples_path,
+        (
+            {
+                "query": texts[query_id],
+                "positive": text_of[positive],
+                "negatives": [text_of[negative]],
+                "qid": query_id,
+                "pid": positive,
+                "neg_ids": [negative],
+            }
+            for query_id, positive, negative in triples
+        ),
+    )
     counts.update(
+        triples=len(triples),
         queries=len(grouped),
         train_queries=len(train_ids),
         dev_queries=len(dev_ids),
@@ -290,10 +345,10 @@ def write_training_data(
         "counts": counts,
     }
     (output_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return RawDataResult(str(output_dir), str(root), str(triples), counts)
+    return RawDataResult(str(output_dir), str(root), str(triples_path), counts)
 
 
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as output:
         for record in records:
             output.write(json.dumps(record, ensure_ascii=False) + "\n")
