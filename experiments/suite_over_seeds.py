@@ -17,11 +17,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from colbert_lightning.evaluation.split import SUBSET_LABELS
+
 METRICS = ("ndcg@10", "recall@100")
-SUBSET_LABELS = {
-    "held_out_documents": "relevant documents held out of training",
-    "seen_documents": "a relevant document relevant in training",
-}
 
 
 def rows_of(suite: dict) -> dict[str, tuple[int | str, dict | None, dict | None]]:

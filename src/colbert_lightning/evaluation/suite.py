@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from colbert_lightning.config.collections import training_qrels
-from colbert_lightning.evaluation.per_query import HELD_OUT, SEEN
 from colbert_lightning.evaluation.split import (
+    SUBSET_LABELS,
     Baseline,
     evaluate_split,
     relevant_documents,
@@ -29,10 +29,6 @@ from colbert_lightning.retrieval.bm25 import BM25Config
 log = logging.getLogger(__name__)
 
 SUITE_METRICS = ("ndcg@10", "recall@100")
-ROW_LABELS = {
-    HELD_OUT: "relevant documents held out of training",
-    SEEN: "a relevant document relevant in training",
-}
 
 
 def evaluate_collection(
@@ -179,7 +175,7 @@ def suite_table(suite: Mapping[str, Any]) -> str:
         for subset, part in (model.get("subsets") or {}).items():
             bm25_part = bm25["subsets"][subset]["metrics"] if bm25 else None
             lines.append(
-                row(f"{name}: {ROW_LABELS[subset]}", part["queries"], part["metrics"], bm25_part)
+                row(f"{name}: {SUBSET_LABELS[subset]}", part["queries"], part["metrics"], bm25_part)
             )
     count = len(suite["collections"])
     if count > 1:
