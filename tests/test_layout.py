@@ -23,9 +23,22 @@ LAYERS = [
     {"config"},
     {"evaluation"},
     {"training"},
+    {"pretraining"},
     {"compat"},
     # entry points
-    {"train", "evaluate", "prepare", "index", "search", "export", "summarize", "compare"},
+    {
+        "train",
+        "evaluate",
+        "prepare",
+        "index",
+        "search",
+        "export",
+        "summarize",
+        "compare",
+        "tokenizer",
+        "pretrain",
+        "pipeline",
+    },
 ]
 """Lowest first: a module may import its own layer's units and lower ones, never higher ones."""
 ENTRY_POINTS = LAYERS[-1]
