@@ -25,19 +25,7 @@ def check_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: the first problem found.
     """
-    max_steps = cfg.trainer.get("max_steps")
-    if not cfg.trainer.get("fast_dev_run"):
-        if not _is_int(max_steps) or max_steps < 1:
-            raise ConfigError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
-        scheduler = cfg.module.get("scheduler")
-        if scheduler is not None and "warmup_steps" in scheduler:
-            try:
-                resolve_warmup_steps(scheduler.warmup_steps, max_steps)
-            except ValueError as error:
-                raise ConfigError(str(error)) from None
-    lr = cfg.module.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
-        raise ConfigError(f"module.optimizer.lr must be a positive number, got {lr!r}")
+    check_optimisation(cfg)
     _check_data_paths(cfg.data)
     if cfg.get("test_split"):
         _check_test_split(cfg.data.get("root"), cfg.test_split)
@@ -64,6 +52,29 @@ def check_beir_root(root: str | os.PathLike | None, key: str = "data.root", hint
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_optimisation(cfg: DictConfig) -> None:
+    """The steps, warm-up and learning rate of a training (or pretraining) config, by key.
+
+    Raises:
+        ConfigError: ``trainer.max_steps`` is not a positive integer (unless
+            ``trainer.fast_dev_run``), the warm-up does not fit in it, or
+            ``module.optimizer.lr`` is not a positive number.
+    """
+    max_steps = cfg.trainer.get("max_steps")
+    if not cfg.trainer.get("fast_dev_run"):
+        if not _is_int(max_steps) or max_steps < 1:
+            raise ConfigError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+        scheduler = cfg.module.get("scheduler")
+        if scheduler is not None and "warmup_steps" in scheduler:
+            try:
+                resolve_warmup_steps(scheduler.warmup_steps, max_steps)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+    lr = cfg.module.optimizer.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
+        raise ConfigError(f"module.optimizer.lr must be a positive number, got {lr!r}")
 
 
 def _check_data_paths(data: DictConfig) -> None:

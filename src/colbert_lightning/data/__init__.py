@@ -1,5 +1,6 @@
 """Reading, preparing, streaming and batching training and evaluation data."""
 
+from colbert_lightning.data.crops import CropSpec
 from colbert_lightning.data.datamodule import (
     ColBERTDataModule,
     DevFiles,
@@ -13,6 +14,7 @@ from colbert_lightning.data.types import TrainingBatch, TrainingExample
 __all__ = [
     "BadLines",
     "ColBERTDataModule",
+    "CropSpec",
     "DataFormatError",
     "DevFiles",
     "PrepareSpec",

@@ -1,4 +1,4 @@
-"""Raw text of corpora, streamed: what the label-free stages (vocabulary, MLM, crops) read.
+r"""Raw text of corpora, streamed: what the label-free stages (vocabulary, MLM, crops) read.
 
 A corpus is named by a path to one of:
 
@@ -12,7 +12,7 @@ the files' sizes. Nothing is held in memory but the current line.
 
 >>> import tempfile, pathlib
 >>> folder = pathlib.Path(tempfile.mkdtemp())
->>> _ = (folder / "notes.txt").write_text("lift and drag\\n\\nshock waves\\n")
+>>> _ = (folder / "notes.txt").write_text("lift and drag\n\nshock waves\n")
 >>> [(t.line_number, t.text) for t in iter_corpus_texts([folder / "notes.txt"])]
 [(1, 'lift and drag'), (3, 'shock waves')]
 >>> [t.text for t in iter_corpus_texts([folder / "notes.txt"], shard=1, num_shards=2)]

@@ -18,12 +18,13 @@ from colbert_lightning.data.beir import (
     text_key,
 )
 from colbert_lightning.data.collate import Collator, TextCap, VocabularyFit
+from colbert_lightning.data.crops import CropReader, CropSpec
 from colbert_lightning.data.errors import BadLines, OnBadLine, check_on_bad_line
 from colbert_lightning.data.negatives import prepare_triples
 from colbert_lightning.data.readers import TripleReader, make_reader
 from colbert_lightning.data.streaming import TripleStream, ValidLines, check_nway, scan_lines
 from colbert_lightning.data.text_store import TextStore
-from colbert_lightning.data.types import TrainingBatch
+from colbert_lightning.data.types import TrainingBatch, TrainingExample
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,10 @@ class TrainFiles:
     """Where the training examples are.
 
     Attributes:
-        path: the training file (JSONL or TSV; see ``format``).
-        format: ``jsonl`` (texts), ``colbert_ids``, ``msmarco_ids`` or ``msmarco_text``.
+        path: the training file (JSONL or TSV; see ``format``), or for ``crops`` a corpus.
+        format: ``jsonl`` (texts), ``colbert_ids``, ``msmarco_ids``, ``msmarco_text``, or
+            ``crops``: examples cropped from a corpus's documents, no query or judgment (see
+            ``data/crops.py`` and the datamodule's ``crops``).
         queries: queries file (BEIR JSONL or ``id<TAB>text``) for the id formats.
         collection: collection file (BEIR JSONL or ``id<TAB>text``) for the id formats.
         qrels: BEIR qrels TSV of the training queries (``prepare`` writes ``train_qrels.tsv``),
@@ -156,6 +159,8 @@ class ColBERTDataModule(pl.LightningDataModule):
             which kinds. Without it that pass is silent: under ``error`` the run still stops at
             the first bad line before its first step (when the training stream starts), under
             ``skip`` bad lines are counted only as the stream meets them.
+        crops: how ``train.format: crops`` crops its corpus (None: ``CropSpec()``'s defaults);
+            refused with another format.
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         seed: int = 0,
         on_bad_line: OnBadLine = "error",
         validate: bool = False,
+        crops: CropSpec | None = None,
     ) -> None:
         super().__init__()
         check_nway(nway)
@@ -194,6 +200,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         self.seed = seed
         self.on_bad_line = on_bad_line
         self.validate = validate
+        self.crops = crops
         self._dev_set: DevSet | None = None
         self._seen_queries: SeenQueries | None = None
         self._triple_reader: TripleReader | None = None
@@ -263,6 +270,7 @@ class ColBERTDataModule(pl.LightningDataModule):
                 min_negatives=self.nway - 1,
                 # validate_training_file has no tokenizer: only blank texts count as empty
                 is_empty=self.tokenizer.is_empty if self.tokenizer is not None else None,
+                crops=self.crops,
             )
         return self._triple_reader
 
@@ -280,11 +288,16 @@ class ColBERTDataModule(pl.LightningDataModule):
             policy = self.on_bad_line if self.validate else "skip"
             bad_lines = BadLines(policy)
             queries: set[int] = set()
+
+            def remember_query(example: TrainingExample) -> None:
+                queries.add(text_key(normalized_text(example.query)))
+
             valid_lines = scan_lines(
                 reader,
                 self.nway,
                 bad_lines,
-                on_example=lambda example: queries.add(text_key(normalized_text(example.query))),
+                # crops train on no query: a crop is drawn anew each pass, none to remember
+                on_example=None if isinstance(reader, CropReader) else remember_query,
                 description=f"{'validating' if self.validate else 'reading'} "
                 f"{Path(reader.path).name}",
             )
@@ -296,7 +309,8 @@ class ColBERTDataModule(pl.LightningDataModule):
     def seen_queries(self) -> SeenQueries:
         """The training file's and the dev set's queries (read once; one pass over the file).
 
-        Lines the stream would reject are left out: they are never trained on.
+        Lines the stream would reject are left out: they are never trained on. Crops
+        (``train.format: crops``) train on no query: ``train`` is empty.
         """
         if self._seen_queries is None:
             self.valid_lines()
@@ -418,6 +432,7 @@ def validate_training_file(
     nway: int = 2,
     on_bad_line: OnBadLine = "error",
     tokenizer: ColBERTTokenizer | None = None,
+    crops: CropSpec | None = None,
 ) -> ValidLines:
     """Read every line of a training file once, as training would, and report its bad lines.
 
@@ -430,6 +445,7 @@ def validate_training_file(
         on_bad_line: ``error`` raises the first bad line; ``skip`` logs how many there are.
         tokenizer: the model's tokenizer, to refuse texts that give no token as training does;
             None: only blank texts count as empty.
+        crops: the cropping, for ``train.format: crops`` (see ``ColBERTDataModule``).
 
     Returns:
         Which lines are valid: ``lines``, ``valid``, ``bad`` and ``first_error``.
@@ -438,6 +454,11 @@ def validate_training_file(
         DataFormatError: the first bad line, under ``on_bad_line=error``.
     """
     datamodule = ColBERTDataModule(
-        train, tokenizer=tokenizer, nway=nway, on_bad_line=on_bad_line, validate=True
+        train,
+        tokenizer=tokenizer,
+        nway=nway,
+        on_bad_line=on_bad_line,
+        validate=True,
+        crops=crops,
     )
     return datamodule.valid_lines()

@@ -8,6 +8,8 @@ never hold it whole. Formats, by their ``data.train.format`` name:
 - ``colbert_ids``: colbert-ai's ``[qid, pid_pos, pid_neg, ...]``; an element may be ``[pid, score]``
 - ``msmarco_ids``: ``qid<TAB>pid_pos<TAB>pid_neg``
 - ``msmarco_text``: ``query<TAB>positive<TAB>negative``
+- ``crops``: a corpus, one document a line (a BEIR ``corpus.jsonl[.gz]`` or plain text), each
+  document cropped into a new example every pass (``CropReader`` of ``data/crops.py``)
 
 The id formats look texts up in a queries and a collection ``TextStore``; ids are compared as
 strings (a JSON integer id ``7`` is ``"7"``).
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from colbert_lightning.data.crops import CROPS_FORMAT, CropReader, CropSpec
 from colbert_lightning.data.errors import BadLines, DataFormatError
 from colbert_lightning.data.lines import (
     decode_line,
@@ -32,8 +35,14 @@ from colbert_lightning.data.lines import (
 from colbert_lightning.data.text_store import TextStore, UnknownIdError
 from colbert_lightning.data.types import TrainingExample
 
-TrainFormat = Literal["jsonl", "colbert_ids", "msmarco_ids", "msmarco_text"]
-TRAIN_FORMATS: tuple[str, ...] = ("jsonl", "colbert_ids", "msmarco_ids", "msmarco_text")
+TrainFormat = Literal["jsonl", "colbert_ids", "msmarco_ids", "msmarco_text", "crops"]
+TRAIN_FORMATS: tuple[str, ...] = (
+    "jsonl",
+    "colbert_ids",
+    "msmarco_ids",
+    "msmarco_text",
+    CROPS_FORMAT,
+)
 _ID_FORMATS = ("colbert_ids", "msmarco_ids")
 _ONE_NEGATIVE_FORMATS = ("msmarco_ids", "msmarco_text")
 
@@ -372,11 +381,12 @@ def make_reader(
     collection: TextStore | None = None,
     min_negatives: int = 1,
     is_empty: EmptyTest | None = None,
+    crops: CropSpec | None = None,
 ) -> TripleReader:
     """The reader for a training file in format ``fmt`` (one of ``TRAIN_FORMATS``).
 
     Args:
-        fmt: ``jsonl``, ``colbert_ids``, ``msmarco_ids`` or ``msmarco_text``.
+        fmt: ``jsonl``, ``colbert_ids``, ``msmarco_ids``, ``msmarco_text`` or ``crops``.
         path: the training file (may be ``.gz``).
         queries: query id -> text; needed by the id formats, refused by the text formats.
         collection: passage id -> text; needed by the id formats, refused by the text formats.
@@ -384,10 +394,12 @@ def make_reader(
         is_empty: the tokenizer's test of a text that gives no token
             (``ColBERTTokenizer.is_empty``); such texts are refused like blank ones. None: only
             blank texts are.
+        crops: the cropping of format ``crops`` (None: ``CropSpec()``); refused by the others.
 
     Raises:
-        ValueError: an unknown format, stores missing (id formats) or given (text formats), or
-            more negatives asked of a format that has one per line.
+        ValueError: an unknown format, stores missing (id formats) or given (text formats), more
+            negatives asked of a format that has one per line, a cropping given to a format
+            that does not crop, or (``crops``) a corpus of too few documents.
         FileNotFoundError: ``path`` does not exist.
     """
     if fmt not in TRAIN_FORMATS:
@@ -411,7 +423,11 @@ def make_reader(
         )
     if fmt not in _ID_FORMATS and has_stores:
         raise ValueError(f"format {fmt!r} holds texts; it takes no queries or collection file")
+    if fmt != CROPS_FORMAT and crops is not None:
+        raise ValueError(f"format {fmt!r} is not cropped; data.crops is for format 'crops'")
     path = str(path)
+    if fmt == CROPS_FORMAT:
+        return CropReader(path, crops or CropSpec(), min_negatives, is_empty)
     if fmt == "jsonl":
         return JsonlTextReader(path, min_negatives, is_empty)
     if fmt == "msmarco_text":

@@ -21,6 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from colbert_lightning.data.collate import TextCap
+from colbert_lightning.data.crops import CropReader
 from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine
 from colbert_lightning.data.lines import is_gzipped, numbered_lines, open_binary
 from colbert_lightning.data.readers import TripleReader, require_negatives
@@ -47,10 +48,15 @@ def parse_example(
 ) -> TrainingExample:
     """The example on one line, with all its negatives; what makes a line valid for ``nway``.
 
+    A ``CropReader``'s line is a document, without negatives: they are drawn each pass from
+    the file's other documents (``CropReader.draw``), of which it checked there are enough.
+
     Raises:
         DataFormatError: the reader rejects the line, or it has fewer than ``nway - 1`` negatives.
     """
     example = reader.parse(line, line_number)
+    if isinstance(reader, CropReader):
+        return example
     # The reader may accept fewer (its min_negatives is its own); training needs these.
     require_negatives(reader.path, line_number, len(example.negatives), nway - 1)
     return example
@@ -155,7 +161,8 @@ class TripleStream(IterableDataset):
     each batch can carry the number of bad lines its worker skipped since its previous batch.
 
     Each example keeps exactly ``nway - 1`` negatives, sampled from its line's negatives with a
-    seed derived from ``(seed, pass, line)``. The shuffle buffer's random generator is seeded by
+    seed derived from ``(seed, pass, line)``; a ``CropReader``'s example is drawn whole (crops
+    and negatives) with that seed's generator. The shuffle buffer's random generator is seeded by
     ``(seed, pass, shard)``, so a run is reproducible for a fixed world size and worker count.
 
     Every shard checks the whole file's ``valid_lines`` before it yields anything, so all shards
@@ -341,15 +348,19 @@ class TripleStream(IterableDataset):
         raise self._changed(f"line {line_number} is valid")
 
     def _example(self, line: bytes, line_number: int, pass_index: int) -> TrainingExample:
-        """The valid line's example with ``nway - 1`` sampled negatives and capped texts."""
+        """The valid line's example with ``nway - 1`` sampled (or drawn) negatives, texts capped."""
         needed = self.nway - 1
         try:
             example = parse_example(self.reader, line, line_number, self.nway)
         except DataFormatError as error:
             raise self._changed(f"line {line_number} is bad: {error.problem}") from None
         chooser = random.Random(f"negatives:{self.seed}:{pass_index}:{line_number}")
-        # sampling positions draws exactly what sampling the texts would
-        chosen = chooser.sample(range(len(example.negatives)), needed)
+        if isinstance(self.reader, CropReader):
+            example = self.reader.draw(example, line_number, chooser, needed)
+            chosen = range(needed)
+        else:
+            # sampling positions draws exactly what sampling the texts would
+            chosen = chooser.sample(range(len(example.negatives)), needed)
         negatives = tuple(example.negatives[i] for i in chosen)
         negative_ids = example.negative_ids
         query, positive = example.query, example.positive

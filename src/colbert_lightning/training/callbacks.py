@@ -31,7 +31,45 @@ EVALUATED_STEP = "val/step"
 """``trainer.callback_metrics`` key: the optimiser step the ``val/*`` values were measured at."""
 
 
-class RetrievalEvaluation(pl.Callback):
+class ScheduledEvaluation(pl.Callback):
+    """Calls :meth:`evaluate` at step 0 and after each optimiser step its schedule names.
+
+    Once per optimiser step, though ``on_train_batch_end`` comes once per micro-batch under
+    gradient accumulation: :meth:`evaluate` sets ``_last_step`` to the step it measured. What
+    runs on the dev schedule (retrieval, MLM, probes) shares these hooks.
+
+    Args:
+        schedule: which optimiser steps to evaluate at.
+    """
+
+    def __init__(self, schedule: EvaluationSchedule) -> None:
+        self.schedule = schedule
+        self._last_step = -1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Step 0: the untrained model."""
+        if trainer.global_step == 0 and self.schedule.should_evaluate(0, trainer.max_steps):
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Evaluate after the optimiser steps the schedule names (once per step)."""
+        step = trainer.global_step
+        if step != self._last_step and self.schedule.should_evaluate(step, trainer.max_steps):
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Measure now, log, and set ``_last_step``; the figures logged."""
+        raise NotImplementedError
+
+
+class RetrievalEvaluation(ScheduledEvaluation):
     """Evaluates retrieval on the dev set at step 0 and on a log-spaced, then regular, schedule.
 
     Metrics (``val/mrr@10``, ``val/recall@10``, ``val/recall@100``, ``val/ndcg@10``) go to every
@@ -72,7 +110,7 @@ class RetrievalEvaluation(pl.Callback):
             raise ValueError(f"callbacks.evaluation.mode must be exact or rerank, got {mode!r}")
         if k < 100:
             raise ValueError(f"callbacks.evaluation.k must be >= 100 for recall@100, got {k}")
-        self.schedule = schedule
+        super().__init__(schedule)
         self.mode = mode
         self.batch_size = batch_size
         self.k = k
@@ -81,26 +119,6 @@ class RetrievalEvaluation(pl.Callback):
         self.extra_split = extra_split
         self._extra_sets: dict[str, DevSet] = {}
         self.history: list[dict[str, float]] = []
-        self._last_step = -1
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Step 0: how good is the untrained model."""
-        step = trainer.global_step
-        if step == 0 and self.schedule.should_evaluate(0, trainer.max_steps):
-            self.evaluate(trainer, pl_module)
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        """Evaluate after the optimiser steps the schedule names (once per step)."""
-        step = trainer.global_step
-        if step != self._last_step and self.schedule.should_evaluate(step, trainer.max_steps):
-            self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Run one evaluation now and log it."""

@@ -244,21 +244,13 @@ class ColBERTModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (or the configured optimiser) with decay off for biases and norms; the schedule."""
-        decay, no_decay = [], []
-        for name, parameter in self.model.named_parameters():
-            if parameter.requires_grad:
-                excluded = any(fragment in name for fragment in self.weight_decay_exclude)
-                (no_decay if excluded else decay).append(parameter)
-        optimizer = self.optimizer_factory(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return optimisation(
+            self.model,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.weight_decay_exclude,
+            self.trainer.max_steps,
         )
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer, max_steps=self.trainer.max_steps)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -430,3 +422,30 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     )
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def optimisation(
+    model: torch.nn.Module,
+    optimizer_factory: Callable[..., torch.optim.Optimizer],
+    scheduler_factory: Callable[..., Any] | None,
+    weight_decay_exclude: tuple[str, ...],
+    max_steps: int,
+) -> dict[str, Any]:
+    """What ``configure_optimizers`` returns: the optimiser, and the schedule stepped per step.
+
+    Parameters whose name holds one of ``weight_decay_exclude`` (biases, norms) are in a group
+    without weight decay; frozen parameters are left out.
+    """
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            excluded = any(fragment in name for fragment in weight_decay_exclude)
+            (no_decay if excluded else decay).append(parameter)
+    optimizer = optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+    if scheduler_factory is None:
+        return {"optimizer": optimizer}
+    scheduler = scheduler_factory(optimizer, max_steps=max_steps)
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+    }
