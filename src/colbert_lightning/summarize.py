@@ -3,8 +3,8 @@
 Reads what the jobs of a multirun wrote (:mod:`colbert_lightning.evaluation.sweeps`) and, through
 :mod:`colbert_lightning.evaluation.summary`, writes ``summary.md``, ``summary.csv`` (one row per
 job), ``summary_seeds.md`` and ``summary_seeds.csv`` (one row per configuration, when jobs differ
-only in ``seed``) and the learning-curve PNGs (dev nDCG@10 and MRR@10, and nDCG@10 of each extra
-dev collection).
+only in ``seed``) and the learning-curve PNGs (dev nDCG@10 and MRR@10, nDCG@10 of each extra
+dev collection, and ``curves_probes.png`` when the jobs logged probes: ``callbacks.probes``).
 
 ``--baseline KEY=VALUE`` picks the configuration the others are compared with on the per-query
 test metric (``--metric``); without it, the configuration whose varying override is literally

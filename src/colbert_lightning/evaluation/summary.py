@@ -33,7 +33,7 @@ from colbert_lightning.evaluation.configurations import (
     compare_to_baseline,
     group_configurations,
 )
-from colbert_lightning.evaluation.curves import CURVE_AXES, curve_metrics, plot_curves
+from colbert_lightning.evaluation.curves import CURVE_AXES, curve_metrics, plot_curves, plot_probes
 from colbert_lightning.evaluation.sweeps import Sweep
 from colbert_lightning.evaluation.tables import markdown_table, seed_rows, summary_rows
 
@@ -164,9 +164,10 @@ def write_summary(
     ``summary_seeds.csv`` (one row per configuration) when a configuration has several seeds;
     ``curves_<metric>_{steps,examples}.png`` for each of :func:`curve_metrics` (``ndcg``,
     ``mrr``, then ``<name>_ndcg`` per extra dev collection) against optimizer steps and
-    against examples seen, with BM25's figure dashed where the summary has it; and
-    ``bm25_dev.json`` (the BM25 figures and what was skipped) when the summary computed BM25
-    and some job names dev files.
+    against examples seen, with BM25's figure dashed where the summary has it;
+    ``curves_probes.png`` (:func:`plot_probes`) when some job logged training probes
+    (``probe/*``); and ``bm25_dev.json`` (the BM25 figures and what was skipped) when the
+    summary computed BM25 and some job names dev files.
 
     Args:
         sweep: The sweep.
@@ -176,7 +177,8 @@ def write_summary(
 
     Returns:
         ``"summary_markdown"``, ``"summary_csv"``, ``"seeds_markdown"`` and ``"seeds_csv"`` when
-        written, ``"bm25_dev"`` when written, and ``"curves_<metric>_<axis>"`` -> path.
+        written, ``"bm25_dev"`` and ``"curves_probes"`` when written, and
+        ``"curves_<metric>_<axis>"`` -> path.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -204,4 +206,8 @@ def write_summary(
             name = f"curves_{metric_short}_{axis_short}"
             paths[name] = output_dir / f"{name}.png"
             plot_curves(sweep, metric, x_axis, references).savefig(paths[name], dpi=120)
+    probes = plot_probes(sweep)
+    if probes is not None:
+        paths["curves_probes"] = output_dir / "curves_probes.png"
+        probes.savefig(paths["curves_probes"], dpi=100)
     return paths

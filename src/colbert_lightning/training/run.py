@@ -31,6 +31,7 @@ from colbert_lightning.modeling import ColBERT, ColBERTConfig, ColBERTTokenizer
 from colbert_lightning.modeling.checkpoints import remove_stale_temporaries
 from colbert_lightning.retrieval.bm25 import BM25Config, BM25PriorConfig
 from colbert_lightning.training.callbacks import AtomicCheckpointIO, RetrievalEvaluation
+from colbert_lightning.training.probes import TrainingProbes
 from colbert_lightning.training.threads import fix_intra_op_threads
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def build_callbacks(cfg: DictConfig, extra: dict[str, str] | None = None) -> list[pl.Callback]:
     """``cfg.callbacks``, instantiated; the evaluation's extra collections as name -> folder.
 
+    ``callbacks.probes`` is built only when ``enabled``, last, on the evaluation callback's
+    own schedule object (see :func:`_training_probes`).
+
     Args:
         cfg: the training config.
         extra: ``callbacks.evaluation.extra`` resolved (:func:`extra_collections`); None:
@@ -145,12 +149,38 @@ def build_callbacks(cfg: DictConfig, extra: dict[str, str] | None = None) -> lis
         extra = extra_collections(cfg)
     callbacks = []
     for key, callback in cfg.callbacks.items():
+        if key == "probes":
+            continue
         if key == "evaluation":
             # the names become folders: a mapping where the config holds a list
             callback = OmegaConf.to_container(callback, resolve=True)
             callback["extra"] = extra
         callbacks.append(instantiate(callback))
+    probes = cfg.callbacks.get("probes")
+    if probes is not None and probes.get("enabled", True):
+        callbacks.append(_training_probes(probes, callbacks))
     return callbacks
+
+
+def _training_probes(entry: DictConfig, callbacks: list[pl.Callback]) -> TrainingProbes:
+    """``callbacks.probes`` (less its ``enabled`` switch) on the dev evaluation's schedule.
+
+    The probes run where the dev metrics are measured: the schedule is the evaluation
+    callback's object, not a copy that could drift from it.
+
+    Raises:
+        ConfigError: no ``callbacks.evaluation`` among ``callbacks``.
+    """
+    evaluation = next((c for c in callbacks if isinstance(c, RetrievalEvaluation)), None)
+    if evaluation is None:
+        raise ConfigError(
+            "callbacks.probes.enabled=true needs callbacks.evaluation: the probes run at its "
+            "schedule's steps (keep the evaluation, or set callbacks.probes.enabled=false)"
+        )
+    arguments = OmegaConf.to_container(entry, resolve=True)
+    arguments.pop("enabled", None)
+    # passed after instantiation: instantiate would turn the dataclass into a config copy
+    return instantiate(arguments, _partial_=True)(schedule=evaluation.schedule)
 
 
 def extra_collections(cfg: DictConfig) -> dict[str, str]:
