@@ -378,6 +378,7 @@ _FREED_BLOCKS_SCRIPT = """
 import json
 from pathlib import Path
 
+import numpy as np
 
 from colbert_lightning.compat.ragatouille import large_blocks_unmapped
 

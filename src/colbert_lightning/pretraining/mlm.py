@@ -257,12 +257,14 @@ class MaskedLanguageModel(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (or the configured optimiser) with decay off for biases and norms; the schedule."""
+        # the trainer's steps only for a schedule: the optimiser alone needs no trainer
+        max_steps = self.trainer.max_steps if self.scheduler_factory is not None else None
         return optimisation(
             self.model,
             self.optimizer_factory,
             self.scheduler_factory,
             self.weight_decay_exclude,
-            self.trainer.max_steps,
+            max_steps,
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -244,12 +244,14 @@ class ColBERTModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (or the configured optimiser) with decay off for biases and norms; the schedule."""
+        # the trainer's steps only for a schedule: the optimiser alone needs no trainer
+        max_steps = self.trainer.max_steps if self.scheduler_factory is not None else None
         return optimisation(
             self.model,
             self.optimizer_factory,
             self.scheduler_factory,
             self.weight_decay_exclude,
-            self.trainer.max_steps,
+            max_steps,
         )
 
     # ---- evaluation -----------------------------------------------------------------------
@@ -429,12 +431,13 @@ def optimisation(
     optimizer_factory: Callable[..., torch.optim.Optimizer],
     scheduler_factory: Callable[..., Any] | None,
     weight_decay_exclude: tuple[str, ...],
-    max_steps: int,
+    max_steps: int | None,
 ) -> dict[str, Any]:
     """What ``configure_optimizers`` returns: the optimiser, and the schedule stepped per step.
 
     Parameters whose name holds one of ``weight_decay_exclude`` (biases, norms) are in a group
-    without weight decay; frozen parameters are left out.
+    without weight decay; frozen parameters are left out. ``max_steps`` sizes the schedule
+    (unused without one).
     """
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
