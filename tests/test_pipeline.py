@@ -122,6 +122,9 @@ def test_a_finished_stage_is_skipped_and_a_stopped_one_resumes(tmp_path, monkeyp
     # the stopped stage had written a last checkpoint before it stopped
     (run / "contrastive" / "checkpoints").mkdir(parents=True)
     (run / "contrastive" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    # and an export of it, stopped before stage.json: the new export replaces it
+    (run / "contrastive" / "colbert").mkdir()
+    (run / "contrastive" / "colbert" / "stale.txt").write_text("")
 
     again = FakeStages()
     monkeypatch.setattr(pipeline.subprocess, "run", again)
@@ -131,6 +134,8 @@ def test_a_finished_stage_is_skipped_and_a_stopped_one_resumes(tmp_path, monkeyp
     assert _value(contrastive, "ckpt_path") == f"{run}/contrastive/checkpoints/last.ckpt"
     assert _value(contrastive, "model.name_or_path") == f"{run}/mlm/encoder"  # from stage.json
     assert _value(again.of("supervised"), "ckpt_path") is None
+    assert not (run / "contrastive" / "colbert" / "stale.txt").exists()
+    assert (run / "contrastive" / "colbert").is_dir()
 
 
 def test_stages_switched_off_hand_on_what_came_before(tmp_path, monkeypatch):

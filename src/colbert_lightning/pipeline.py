@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -210,13 +211,13 @@ def _export_best(stage_dir: Path) -> float:
         sys.executable,
         "-m",
         "colbert_lightning.export",
-        f"checkpoint={_best_checkpoint(stage_dir)}",
+        f"checkpoint={_quoted(_best_checkpoint(stage_dir))}",
         "format=colbert",
-        f"output={staging}",
+        f"output={_quoted(staging)}",
     ]
     subprocess.run(arguments, check=True)
-    if target.exists():
-        raise FileExistsError(f"{target} exists: remove it to export the stage again")
+    if target.exists():  # an export of a run stopped before its stage.json: this one replaces it
+        shutil.rmtree(target)
     os.replace(staging, target)
     return round(time.time() - started, 1)
 
