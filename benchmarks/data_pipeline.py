@@ -90,7 +90,7 @@ def measure_step(batch_size: int, nway: int, out: str, steps: int) -> dict[str, 
         for index in range(steps + 2):
             started = time.perf_counter()
             with autocast(device, precision):
-                loss = module.contrastive_loss(batches[index % len(batches)]).loss
+                loss = module.batch_loss(batches[index % len(batches)]).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
             optimizer.step()

@@ -279,7 +279,7 @@ def our_runner(module: Any, optimizer: Any, batches: list[Any], device: torch.de
             batch = batches[position % len(batches)]
             position += 1
             with autocast(device, precision):
-                loss = module.contrastive_loss(batch).loss
+                loss = module.batch_loss(batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,10 @@ def split_cranfield(folder: Path, test_queries: int = 50) -> Path:
         folder / "qrels" / "train.tsv", {q: g for q, g in qrels.items() if q not in held_out}
     )
     return folder
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

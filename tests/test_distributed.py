@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import random
-import socket
 from typing import Any
 
 import numpy as np
@@ -29,14 +28,9 @@ from colbert_lightning.scoring import maxsim
 from colbert_lightning.training import ColBERTModule
 from colbert_lightning.training.distributed import TorchProcessGroup, gather_documents
 from tests.conftest import tiny_config
+from tests.helpers import free_port
 
 BATCH, NWAY, QUERY_LEN, DIM, WORLD = 4, 2, 3, 8, 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_inputs():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from types import SimpleNamespace
 
 import torch
@@ -15,6 +14,7 @@ from colbert_lightning.data.types import TrainingExample
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.training import ColBERTModule
 from tests.conftest import tiny_config
+from tests.helpers import free_port
 
 WORLD = 2
 # Rows 0-1 go to rank 0, rows 2-3 to rank 1. Row 2 asks row 0's query under another id, and
@@ -58,7 +58,7 @@ def _worker(rank: int, port: int, output: str) -> None:
             rows = ROWS[rank * 2 : rank * 2 + 2]
             batch = Collator(module.model.tokenizer, RELEVANT)(_examples(rows))
             with torch.no_grad():
-                result = module.contrastive_loss(batch)
+                result = module.batch_loss(batch)
             values = torch.tensor([result.loss.item(), float(result.false_negatives)])
             dist.all_reduce(values)  # sum of the two ranks' mean losses and counts
             results.append(values)
@@ -69,9 +69,7 @@ def _worker(rank: int, port: int, output: str) -> None:
 
 
 def test_gathered_negatives_are_masked_across_processes(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     output = tmp_path / "results.pt"
     mp.start_processes(
         _worker, args=(port, str(output)), nprocs=WORLD, join=True, start_method="spawn"
@@ -81,7 +79,7 @@ def test_gathered_negatives_are_masked_across_processes(tmp_path):
         module = _module(mask, world_size=1)
         batch = Collator(module.model.tokenizer, RELEVANT)(_examples(ROWS))
         with torch.no_grad():
-            single = module.contrastive_loss(batch)
+            single = module.batch_loss(batch)
         # equal halves: the mean of the two ranks' mean losses is the whole batch's mean
         assert abs(distributed[row, 0].item() / WORLD - single.loss.item()) < 1e-5
         assert distributed[row, 1].item() == float(single.false_negatives)

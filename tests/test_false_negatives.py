@@ -121,8 +121,8 @@ def test_loss_leaves_out_relevant_documents_on_cranfield_batches(cranfield, in_b
                     documents.mask.view(b, 2, length),
                 )
                 targets = np.zeros(len(examples), dtype=int)
-            result = _module(model, in_batch, mask=True).contrastive_loss(batch)
-            unmasked = _module(model, in_batch, mask=False).contrastive_loss(batch)
+            result = _module(model, in_batch, mask=True).batch_loss(batch)
+            unmasked = _module(model, in_batch, mask=False).batch_loss(batch)
         scores = scores.double().numpy()
         assert int(result.false_negatives) == int(expected.sum())
         assert result.loss.item() == pytest.approx(_loss_by_hand(scores, expected, targets), 1e-5)
@@ -152,7 +152,7 @@ def test_same_query_text_under_other_ids_is_masked():
     ]
     batch = Collator(model.tokenizer)(examples)  # no qrels: only texts and own positives
     with torch.no_grad():
-        result = _module(model, in_batch=True, mask=True).contrastive_loss(batch)
+        result = _module(model, in_batch=True, mask=True).batch_loss(batch)
     # rows 0 and 1 each mask the other's positive (columns 2 and 0) and d1 again as row 2's
     # negative (column 5); row 2 masks nothing: d1 is relevant to the lift query, not to its
     assert int(result.false_negatives) == 4
@@ -166,7 +166,7 @@ def test_text_triples_without_ids_mask_copies_of_the_positive():
     ]
     batch = Collator(model.tokenizer)(examples)
     with torch.no_grad():
-        result = _module(model, in_batch=True, mask=True).contrastive_loss(batch)
+        result = _module(model, in_batch=True, mask=True).batch_loss(batch)
     # row 0's positive is row 1's negative (column 3) and vice versa (column 1)
     assert int(result.false_negatives) == 2
 

@@ -38,6 +38,7 @@ LAYERS = [
         "tokenizer",
         "pretrain",
         "pipeline",
+        "score_candidates",
     },
 ]
 """Lowest first: a module may import its own layer's units and lower ones, never higher ones."""

@@ -87,7 +87,7 @@ def loss_and_gradients(module, batch, device, precision="32"):
         else torch.autocast(device, enabled=False)
     )
     with context:
-        loss = module.contrastive_loss(batch.to(device)).loss
+        loss = module.batch_loss(batch.to(device)).loss
     loss.backward()
     gradients = {
         name: parameter.grad.detach().clone()

@@ -49,7 +49,7 @@ def _loss(similarity: str, temperature: float) -> float:
     batch = Collator(model.tokenizer)(EXAMPLES)
     module = ColBERTModule(model, optimizer=torch.optim.AdamW, temperature=temperature)
     with torch.no_grad():
-        return module.contrastive_loss(batch).loss.item()
+        return module.batch_loss(batch).loss.item()
 
 
 def test_l2_loss_equals_cosine_loss_at_temperature_half():
@@ -73,6 +73,6 @@ def test_temperature_divides_the_scores():
         expected += top + math.log(sum(math.exp(x - top) for x in logits)) - logits[2 * row]
     module = ColBERTModule(model, optimizer=torch.optim.AdamW, temperature=temperature)
     with torch.no_grad():
-        assert module.contrastive_loss(batch).loss.item() == pytest.approx(expected / 3, abs=1e-4)
+        assert module.batch_loss(batch).loss.item() == pytest.approx(expected / 3, abs=1e-4)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         ColBERTModule(model, optimizer=torch.optim.AdamW, temperature=0.0)

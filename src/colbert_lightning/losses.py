@@ -1,4 +1,4 @@
-"""Contrastive losses on ColBERT scores (pure functions)."""
+"""Contrastive and distillation losses on ColBERT scores (pure functions)."""
 
 from __future__ import annotations
 
@@ -98,3 +98,57 @@ def in_batch_cross_entropy(
     """
     targets = in_batch_targets(scores.shape[0], nway, offset, scores.device)
     return F.cross_entropy(_masked(scores / temperature, mask), targets)
+
+
+def group_scores(scores: torch.Tensor, nway: int, offset: int = 0) -> torch.Tensor:
+    """Each query's scores for its own n-way documents, out of the in-batch score matrix.
+
+    Args:
+        scores: (B, N) scores against every document of the (possibly gathered) batch, laid out
+            as in :func:`in_batch_cross_entropy`.
+        nway: documents per query.
+        offset: column of this process' first positive (see :func:`in_batch_cross_entropy`).
+
+    Returns:
+        (B, nway) scores; column 0 is each query's positive.
+
+    Example:
+        >>> s = torch.arange(12.0).view(2, 6)  # 2 queries, 3 groups of 2 documents
+        >>> group_scores(s, nway=2, offset=2).tolist()
+        [[2.0, 3.0], [10.0, 11.0]]
+    """
+    first = in_batch_targets(scores.shape[0], nway, offset, scores.device)  # (B,)
+    columns = first.unsqueeze(1) + torch.arange(nway, device=scores.device)  # (B, nway)
+    return scores.gather(1, columns)
+
+
+def distillation_kl(
+    scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+) -> torch.Tensor:
+    """KL divergence from the teacher's softmax to the student's, over each query's n-way list.
+
+    ``KL(p_teacher || p_student)`` averaged over queries, where ``p = softmax(scores / T)``
+    over a query's documents: ColBERTv2's distillation loss (colbert-ai divides the teacher's
+    scores by ``1 / distillation_alpha``, the teacher temperature here).
+
+    Args:
+        scores: (B, nway) the student's scores.
+        teacher_scores: (B, nway) the teacher's scores for the same documents.
+        temperature: the student's scores are divided by it.
+        teacher_temperature: the teacher's scores are divided by it.
+
+    Returns:
+        Scalar mean loss (0 when the two distributions are equal).
+
+    Example:
+        >>> teacher = torch.tensor([[0.0, 0.0]])  # p = (1/2, 1/2)
+        >>> student = torch.tensor([[torch.log(torch.tensor(3.0)).item(), 0.0]])  # (3/4, 1/4)
+        >>> round(distillation_kl(student, teacher).item(), 4)  # 1/2 ln(2/3) + 1/2 ln 2
+        0.1438
+    """
+    student = F.log_softmax(scores / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_scores.to(scores.dtype) / teacher_temperature, dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True)

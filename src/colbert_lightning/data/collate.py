@@ -196,7 +196,8 @@ class Collator:
     """Tokenises B examples into B queries and B * nway documents, each positive first.
 
     Documents are ordered ``[pos_0, neg_0_1, ..., pos_1, neg_1_1, ...]``. The batch also carries
-    the keys that let the loss mask false negatives (see ``TrainingBatch``).
+    the keys that let the loss mask false negatives, and the examples' teacher scores when they
+    have them (see ``TrainingBatch``).
 
     Args:
         tokenizer: turns query and document strings into ColBERT's token layout.
@@ -225,7 +226,9 @@ class Collator:
         """Collate ``examples``; ``skipped_lines`` is left at 0 for the stream to fill in.
 
         Raises:
-            ValueError: no examples, or examples with different numbers of negatives.
+            ValueError: no examples, examples with different numbers of negatives, or a batch
+                that mixes examples with teacher scores and examples without (naming one of
+                each), or scores not aligned with an example's documents.
         """
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
@@ -254,6 +257,7 @@ class Collator:
             text_tokens=text_tokens,
             unknown_tokens=unknown_tokens,
             continued_tokens=continued_tokens,
+            teacher_scores=teacher_scores(examples),
         )
 
     def _count_tokens(self, *tokenized: TokenizedText) -> tuple[int, int, int]:
@@ -284,3 +288,39 @@ def _document_keys(example: TrainingExample) -> list[int]:
         document_key(example.positive_id, example.positive),
         *(document_key(i, text) for i, text in zip(negative_ids, example.negatives, strict=True)),
     ]
+
+
+def teacher_scores(examples: list[TrainingExample]) -> torch.Tensor | None:
+    """(B, nway) float32 teacher scores of the examples' documents, positive first; or None.
+
+    Row ``i`` is ``examples[i].scores``, in the order the batch lays out its documents.
+
+    Example:
+        >>> scored = [TrainingExample("q", "p", ("n",), scores=(2.0, 0.5))] * 2
+        >>> teacher_scores(scored)
+        tensor([[2.0000, 0.5000],
+                [2.0000, 0.5000]])
+        >>> teacher_scores([TrainingExample("q", "p", ("n",))]) is None
+        True
+
+    Raises:
+        ValueError: some examples have scores and others not (one of each is named by its
+            ``source``), or an example's scores are not one per document.
+    """
+    scored = [example for example in examples if example.scores is not None]
+    if not scored:
+        return None
+    if len(scored) != len(examples):
+        unscored = next(example for example in examples if example.scores is None)
+        raise ValueError(
+            "a batch mixes examples with teacher scores and examples without: "
+            f"{scored[0].source or 'one'} has scores, {unscored.source or 'another'} has none; "
+            "a training file gives scores on every line or on none"
+        )
+    for example in examples:
+        if len(example.scores) != 1 + len(example.negatives):
+            raise ValueError(
+                f"{example.source or 'an example'}: {len(example.scores)} teacher scores for "
+                f"{1 + len(example.negatives)} documents (the positive and its negatives)"
+            )
+    return torch.tensor([example.scores for example in examples], dtype=torch.float32)

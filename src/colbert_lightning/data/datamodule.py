@@ -19,7 +19,7 @@ from colbert_lightning.data.beir import (
 )
 from colbert_lightning.data.collate import Collator, TextCap, VocabularyFit
 from colbert_lightning.data.crops import CropReader, CropSpec
-from colbert_lightning.data.errors import BadLines, OnBadLine, check_on_bad_line
+from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine, check_on_bad_line
 from colbert_lightning.data.negatives import prepare_triples
 from colbert_lightning.data.readers import TripleReader, make_reader
 from colbert_lightning.data.streaming import TripleStream, ValidLines, check_nway, scan_lines
@@ -36,9 +36,11 @@ class TrainFiles:
 
     Attributes:
         path: the training file (JSONL or TSV; see ``format``), or for ``crops`` a corpus.
-        format: ``jsonl`` (texts), ``colbert_ids``, ``msmarco_ids``, ``msmarco_text``, or
-            ``crops``: examples cropped from a corpus's documents, no query or judgment (see
-            ``data/crops.py`` and the datamodule's ``crops``).
+        format: ``jsonl`` (texts), ``scored_jsonl`` (texts with teacher scores),
+            ``colbert_ids`` (ids, with teacher scores in colbert-ai's distillation form),
+            ``msmarco_ids``, ``msmarco_text``, or ``crops``: examples cropped from a corpus's
+            documents, no query or judgment (see ``data/crops.py`` and the datamodule's
+            ``crops``). See ``data/readers.py``.
         queries: queries file (BEIR JSONL or ``id<TAB>text``) for the id formats.
         collection: collection file (BEIR JSONL or ``id<TAB>text``) for the id formats.
         qrels: BEIR qrels TSV of the training queries (``prepare`` writes ``train_qrels.tsv``),
@@ -281,16 +283,21 @@ class ColBERTDataModule(pl.LightningDataModule):
         passed over, for the stream to raise or count when it trains.
 
         Raises:
-            DataFormatError: the first bad line, under ``validate`` and ``on_bad_line=error``.
+            DataFormatError: the first bad line, under ``validate`` and ``on_bad_line=error``;
+                or the first line without teacher scores in a file whose other lines have them
+                (a ``colbert_ids`` file), whatever the policy: batches cannot mix the two.
         """
         if self._valid_lines is None:
             reader = self._reader()
             policy = self.on_bad_line if self.validate else "skip"
             bad_lines = BadLines(policy)
             queries: set[int] = set()
+            # the first line with teacher scores, and the first without
+            first_of: dict[bool, str] = {}
 
             def remember_query(example: TrainingExample) -> None:
                 queries.add(text_key(normalized_text(example.query)))
+                first_of.setdefault(example.scores is not None, example.source)
 
             valid_lines = scan_lines(
                 reader,
@@ -303,6 +310,13 @@ class ColBERTDataModule(pl.LightningDataModule):
             )
             if self.validate:
                 _log_validation(valid_lines, bad_lines)
+            if len(first_of) == 2:  # batches would mix them (Collator refuses): say so now
+                raise DataFormatError(
+                    reader.path,
+                    int(first_of[False].rpartition(":")[2]),
+                    f"no teacher scores, but {first_of[True]} has them: a training file gives "
+                    "scores on every line or on none",
+                )
             self._valid_lines, self._train_query_keys = valid_lines, frozenset(queries)
         return self._valid_lines
 

@@ -161,7 +161,8 @@ class TripleStream(IterableDataset):
     each batch can carry the number of bad lines its worker skipped since its previous batch.
 
     Each example keeps exactly ``nway - 1`` negatives, sampled from its line's negatives with a
-    seed derived from ``(seed, pass, line)``; a ``CropReader``'s example is drawn whole (crops
+    seed derived from ``(seed, pass, line)`` (their ids and teacher scores, when the line has
+    them, follow the same choice); a ``CropReader``'s example is drawn whole (crops
     and negatives) with that seed's generator. The shuffle buffer's random generator is seeded by
     ``(seed, pass, shard)``, so a run is reproducible for a fixed world size and worker count.
 
@@ -362,7 +363,7 @@ class TripleStream(IterableDataset):
             # sampling positions draws exactly what sampling the texts would
             chosen = chooser.sample(range(len(example.negatives)), needed)
         negatives = tuple(example.negatives[i] for i in chosen)
-        negative_ids = example.negative_ids
+        negative_ids, scores = example.negative_ids, example.scores
         query, positive = example.query, example.positive
         if self.cap is not None:
             query, positive = self.cap.query(query), self.cap.document(positive)
@@ -373,6 +374,8 @@ class TripleStream(IterableDataset):
             positive=positive,
             negatives=negatives,
             negative_ids=None if negative_ids is None else tuple(negative_ids[i] for i in chosen),
+            # the positive's score, then those of the chosen negatives (crops have none)
+            scores=None if scores is None else (scores[0], *(scores[1 + i] for i in chosen)),
         )
 
     def _batches(self, examples: Iterator[TrainingExample]) -> Iterator[TrainingBatch]:

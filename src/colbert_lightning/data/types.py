@@ -21,6 +21,9 @@ class TrainingExample:
         query_id: the query's id, when the training file names it.
         positive_id: the positive's document id, when the training file names it.
         negative_ids: the negatives' document ids (aligned with ``negatives``), when named.
+        scores: a teacher's scores of ``(positive, *negatives)``, in that order
+            (``len(scores) == 1 + len(negatives)``), when the training file has them
+            (distillation formats); None otherwise.
     """
 
     query: str
@@ -30,6 +33,7 @@ class TrainingExample:
     query_id: str | None = None
     positive_id: str | None = None
     negative_ids: tuple[str, ...] | None = None
+    scores: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -56,6 +60,9 @@ class TrainingBatch:
             ([UNK]): text its vocabulary cannot spell.
         continued_tokens: how many of ``text_tokens`` continue a word (WordPiece's ``##``
             pieces); 0 for other vocabularies.
+        teacher_scores: (B, nway) float32 teacher scores of each query's documents, row ``i``
+            in the order of rows ``i*nway : (i+1)*nway`` of ``documents`` (column 0: the
+            positive), when every example of the batch has scores; None when none has.
     """
 
     queries: TokenizedText
@@ -68,6 +75,7 @@ class TrainingBatch:
     text_tokens: int = 0
     unknown_tokens: int = 0
     continued_tokens: int = 0
+    teacher_scores: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -84,6 +92,7 @@ class TrainingBatch:
             self.text_tokens,
             self.unknown_tokens,
             self.continued_tokens,
+            None if self.teacher_scores is None else self.teacher_scores.to(device),
         )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,15 +20,18 @@ from colbert_lightning.data.types import NO_KEY, TrainingBatch
 from colbert_lightning.evaluation.metrics import RetrievalMetrics
 from colbert_lightning.evaluation.precision import EvaluationPrecision, search_autocast
 from colbert_lightning.losses import (
+    distillation_kl,
     false_negative_mask,
+    group_scores,
     in_batch_cross_entropy,
     in_batch_targets,
     nway_cross_entropy,
 )
-from colbert_lightning.modeling import ColBERT
+from colbert_lightning.modeling import ColBERT, TokenEmbeddings
+from colbert_lightning.modeling.tokenization import TokenizedText
 from colbert_lightning.retrieval.encode import TokenizedBatches, encoder_device, tokenize_by_length
 from colbert_lightning.retrieval.exact import exact_rankings, rerank
-from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped
+from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped, maxsim_in_chunks
 from colbert_lightning.training.distributed import (
     all_gather_objects,
     gather_documents,
@@ -43,30 +47,38 @@ SchedulerFactory = Callable[..., LRScheduler]
 
 
 @dataclass
-class ContrastiveLoss:
-    """What :meth:`ColBERTModule.contrastive_loss` computes for one batch.
+class BatchLoss:
+    """What :meth:`ColBERTModule.batch_loss` computes for one batch.
 
     Attributes:
-        loss: the scalar mean loss.
+        loss: the scalar training loss, ``contrastive_weight * contrastive +
+            distillation_weight * distillation``.
         positive_scores: (B,) each query's score for its positive.
         false_negatives: () documents left out of the softmax as relevant to a query without
             being its target, summed over the batch's queries (0 when masking is off).
+        contrastive: the cross-entropy term, or None when its weight is 0.
+        distillation: the KL term, or None when its weight is 0.
     """
 
     loss: torch.Tensor
     positive_scores: torch.Tensor
     false_negatives: torch.Tensor
+    contrastive: torch.Tensor | None = None
+    distillation: torch.Tensor | None = None
 
 
 class ColBERTModule(pl.LightningModule):
-    """Trains a :class:`ColBERT` with cross-entropy over n-way and in-batch documents.
+    """Trains a :class:`ColBERT` by cross-entropy and/or distillation from a teacher's scores.
+
+    Cross-entropy is over each query's n-way documents and (by default) every other document
+    of the batch; the KL divergence to the teacher is over the n-way documents.
 
     Args:
         model: the ColBERT to train (injected; built from ``model/`` config).
         optimizer: partial optimiser, completed with the parameters (``_partial_: true``).
         scheduler: partial schedule, completed with the optimiser and ``max_steps``; or None.
         in_batch_negatives: score each query against every document of the batch, not only
-            its own n-way group.
+            its own n-way group (the cross-entropy term; the KL term is over the n-way group).
         gather_across_devices: under DDP, also use the other processes' documents as in-batch
             negatives (gradients flow back to the process that encoded them).
         weight_decay_exclude: parameter-name fragments exempt from weight decay.
@@ -79,6 +91,16 @@ class ColBERTModule(pl.LightningModule):
             relevant to it other than its target: other rows' positives for the same query
             (same normalised text), and documents the training qrels judge relevant.
         temperature: scores are divided by it before the softmax (ColBERT uses 1).
+        contrastive_weight: weight of the cross-entropy term (0: distillation only).
+        distillation_weight: weight of the KL term to the teacher's scores (0: none); the
+            training data must carry teacher scores (``TrainingBatch.teacher_scores``).
+        teacher_temperature: the teacher's scores are divided by it before its softmax.
+        cached: GradCache: encode the batch without a graph, take the loss's gradient with
+            respect to the embeddings over the whole batch, then encode ``cache_chunk_size``
+            queries (and their documents) at a time with a graph and back-propagate that
+            gradient. The same loss and gradients as the uncached step (with dropout, each
+            chunk replays its own random state), with activation memory of one chunk.
+        cache_chunk_size: queries per re-encoded chunk when ``cached``.
     """
 
     def __init__(
@@ -93,6 +115,11 @@ class ColBERTModule(pl.LightningModule):
         gathered_maxsim: bool = False,
         mask_false_negatives: bool = True,
         temperature: float = 1.0,
+        contrastive_weight: float = 1.0,
+        distillation_weight: float = 0.0,
+        teacher_temperature: float = 1.0,
+        cached: bool = False,
+        cache_chunk_size: int = 32,
     ) -> None:
         super().__init__()
         self.model = model
@@ -103,10 +130,36 @@ class ColBERTModule(pl.LightningModule):
         self.weight_decay_exclude = tuple(weight_decay_exclude)
         self.skip_nonfinite = skip_nonfinite
         self.gathered_maxsim = gathered_maxsim
-        if not temperature > 0:
-            raise ValueError(f"module.temperature must be > 0, got {temperature!r}")
+        for name, value in (
+            ("temperature", temperature),
+            ("teacher_temperature", teacher_temperature),
+        ):
+            if not value > 0:
+                raise ValueError(f"module.{name} must be > 0, got {value!r}")
+        for name, value in (
+            ("contrastive_weight", contrastive_weight),
+            ("distillation_weight", distillation_weight),
+        ):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"module.{name} must be a finite number >= 0, got {value!r}")
+        if contrastive_weight == 0 and distillation_weight == 0:
+            raise ValueError(
+                "module.contrastive_weight and module.distillation_weight are both 0: no loss "
+                "to train on"
+            )
+        if isinstance(cache_chunk_size, bool) or not (
+            isinstance(cache_chunk_size, int) and cache_chunk_size >= 1
+        ):
+            raise ValueError(
+                f"module.cache_chunk_size must be an integer >= 1, got {cache_chunk_size!r}"
+            )
         self.mask_false_negatives = mask_false_negatives
         self.temperature = float(temperature)
+        self.contrastive_weight = float(contrastive_weight)
+        self.distillation_weight = float(distillation_weight)
+        self.teacher_temperature = float(teacher_temperature)
+        self.cached = cached
+        self.cache_chunk_size = cache_chunk_size
         # Counters, saved in checkpoints. Updated inside training_step, because checkpoint
         # callbacks run before the module's own on_train_batch_end.
         self.examples_seen = 0  # across all processes
@@ -125,19 +178,32 @@ class ColBERTModule(pl.LightningModule):
                 "module.skip_nonfinite=true works in single-process training only: under DDP a "
                 "skipped batch on one process would stall the others' gradient all-reduce"
             )
+        if self.cached and str(self.trainer.precision).startswith("16"):
+            raise ValueError(
+                "module.cached=true does not work with fp16 (trainer.precision=16-mixed): the "
+                "embeddings' gradients are taken before the loss scaler could scale them; use "
+                "bf16-mixed or 32"
+            )
 
     # ---- training -------------------------------------------------------------------------
 
     def training_step(self, batch: TrainingBatch, batch_idx: int) -> torch.Tensor | None:
-        """Encode the batch, score it and return the contrastive loss (None: skip the batch)."""
+        """Encode the batch, score it and return the loss (None: skip the batch)."""
         self.examples_seen += len(batch) * self.trainer.world_size
         self.skipped_lines += batch.skipped_lines
-        result = self.contrastive_loss(batch)
+        result = self.cached_batch_loss(batch) if self.cached else self.batch_loss(batch)
         loss = result.loss
         if not torch.isfinite(loss):
             return self._nonfinite(loss)
         batch_size = len(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, term in (
+            ("contrastive", result.contrastive),
+            ("distillation", result.distillation),
+        ):
+            # each term apart only when there are two: with one, it is train/loss
+            if term is not None and (self.contrastive_weight and self.distillation_weight):
+                self.log(f"train/{name}_loss", term.detach(), batch_size=batch_size)
         self.log(
             "train/positive_score", result.positive_scores.mean().detach(), batch_size=batch_size
         )
@@ -147,7 +213,7 @@ class ColBERTModule(pl.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
-    def contrastive_loss(self, batch: TrainingBatch) -> ContrastiveLoss:
+    def batch_loss(self, batch: TrainingBatch) -> BatchLoss:
         """The batch's loss, each query's positive score and the masked false negatives.
 
         No logging, no counters: ``training_step`` calls this; ``benchmarks/throughput.py``
@@ -155,19 +221,47 @@ class ColBERTModule(pl.LightningModule):
         """
         queries = self.model.encode_queries(batch.queries)  # (B, Lq, dim)
         documents = self.model.encode_documents(batch.documents)  # (B * nway, Ld, dim)
+        return self.loss_of_embeddings(batch, queries, documents)
+
+    def loss_of_embeddings(
+        self,
+        batch: TrainingBatch,
+        queries: TokenEmbeddings,
+        documents: TokenEmbeddings,
+        score_chunk_size: int | None = None,
+    ) -> BatchLoss:
+        """:meth:`batch_loss` from the batch's query and document embeddings.
+
+        ``score_chunk_size``: score the in-batch documents that many queries at a time
+        (:func:`maxsim_in_chunks`), bounding MaxSim's memory; None scores them at once.
+        """
         batch_size, nway = len(batch), batch.nway
+        teacher_scores = self._teacher_scores(batch)
         similarity = self.model.config.similarity
         masking = self.mask_false_negatives and batch.relevant_keys is not None
         mask = None
-        if self.in_batch_negatives:
+        contrastive = None
+        if self.in_batch_negatives and self.contrastive_weight > 0:
             doc_embeddings, doc_mask, offset = documents.embeddings, documents.mask, 0
             document_keys, query_keys = batch.document_keys, batch.query_keys
             if self.gather_across_devices and self.trainer.world_size > 1:
                 doc_embeddings, doc_mask, offset = gather_documents(doc_embeddings, doc_mask)
                 if masking:
                     document_keys, query_keys = gather_keys(document_keys), gather_keys(query_keys)
-            score = maxsim_gathered if self.gathered_maxsim else maxsim
-            scores = score(queries.embeddings, queries.mask, doc_embeddings, doc_mask, similarity)
+            if score_chunk_size is not None:
+                scores = maxsim_in_chunks(
+                    queries.embeddings,
+                    queries.mask,
+                    doc_embeddings,
+                    doc_mask,
+                    similarity,
+                    score_chunk_size,
+                )
+            else:
+                score = maxsim_gathered if self.gathered_maxsim else maxsim
+                scores = score(
+                    queries.embeddings, queries.mask, doc_embeddings, doc_mask, similarity
+                )
             targets = in_batch_targets(batch_size, nway, offset, scores.device)
             if masking:
                 # another row asking the same query: its positive is relevant to this one too
@@ -177,25 +271,138 @@ class ColBERTModule(pl.LightningModule):
                     [batch.relevant_keys, positives.masked_fill(~same_query, NO_KEY)], dim=1
                 )
                 mask = false_negative_mask(document_keys, relevant, targets)  # (B, N)
-            loss = in_batch_cross_entropy(scores, nway, offset, self.temperature, mask)
-            own = scores[torch.arange(batch_size), targets]
+            contrastive = in_batch_cross_entropy(scores, nway, offset, self.temperature, mask)
+            grouped = group_scores(scores, nway, offset)  # (B, nway)
         else:
             doc_length, dim = documents.embeddings.shape[1:]
-            scores = maxsim_grouped(
+            grouped = maxsim_grouped(
                 queries.embeddings,
                 queries.mask,
                 documents.embeddings.view(batch_size, nway, doc_length, dim),
                 documents.mask.view(batch_size, nway, doc_length),
                 similarity,
             )  # (B, nway)
-            if masking:
-                targets = torch.zeros(batch_size, dtype=torch.long, device=scores.device)
-                grouped_keys = batch.document_keys.view(batch_size, nway)
-                mask = false_negative_mask(grouped_keys, batch.relevant_keys, targets)
-            loss = nway_cross_entropy(scores, self.temperature, mask)
-            own = scores[:, 0]
+            if self.contrastive_weight > 0:
+                if masking:
+                    targets = torch.zeros(batch_size, dtype=torch.long, device=grouped.device)
+                    grouped_keys = batch.document_keys.view(batch_size, nway)
+                    mask = false_negative_mask(grouped_keys, batch.relevant_keys, targets)
+                contrastive = nway_cross_entropy(grouped, self.temperature, mask)
+        distillation = None
+        if teacher_scores is not None:
+            distillation = distillation_kl(
+                grouped, teacher_scores, self.temperature, self.teacher_temperature
+            )
+        loss = sum(
+            weight * term
+            for weight, term in (
+                (self.contrastive_weight, contrastive),
+                (self.distillation_weight, distillation),
+            )
+            if term is not None
+        )
         false_negatives = torch.zeros((), device=loss.device) if mask is None else mask.sum()
-        return ContrastiveLoss(loss, own, false_negatives)
+        return BatchLoss(loss, grouped[:, 0], false_negatives, contrastive, distillation)
+
+    def _teacher_scores(self, batch: TrainingBatch) -> torch.Tensor | None:
+        """(B, nway) teacher scores when the KL term is on; None when it is off."""
+        if self.distillation_weight == 0:
+            return None
+        if batch.teacher_scores is None:
+            raise ValueError(
+                f"module.distillation_weight={self.distillation_weight} needs teacher scores in "
+                "the training data, which has none: use data.train.format=scored_jsonl, or "
+                "colbert_ids with [pid, score] pairs (python -m colbert_lightning.score_candidates "
+                "writes both), or set module.distillation_weight=0"
+            )
+        expected = (len(batch), batch.nway)
+        if tuple(batch.teacher_scores.shape) != expected:
+            raise ValueError(
+                f"teacher scores of shape {tuple(batch.teacher_scores.shape)} for a batch of "
+                f"{expected[0]} queries x {expected[1]} documents"
+            )
+        return batch.teacher_scores
+
+    def cached_batch_loss(self, batch: TrainingBatch) -> BatchLoss:
+        """:meth:`batch_loss` by GradCache: the loss, whose backward gives the uncached gradients.
+
+        1. Encode every query and document without a graph, ``cache_chunk_size`` queries (and
+           their ``nway`` documents) at a time, keeping each chunk's random state.
+        2. Compute the loss over the whole batch from those embeddings (gathered across
+           processes as usual) and its gradient with respect to them, scoring the in-batch
+           documents ``cache_chunk_size`` queries at a time (:func:`maxsim_in_chunks`: MaxSim
+           over the whole batch would otherwise take more memory than the encoder).
+        3. Encode each chunk again with a graph, under its own random state (the same dropout),
+           and back-propagate the embeddings' gradient to the weights.
+
+        Step 3 takes the weights' gradients with ``torch.autograd.grad`` for every chunk but the
+        last: they stay out of ``.grad``, where Lightning would zero them before its backward,
+        and do not fire DDP's hooks, which expect one backward per step. The returned loss has
+        the batch's loss as its value; its backward (Lightning's) adds the last chunk's
+        gradient and the earlier chunks' sum, so DDP reduces them once, together.
+        """
+        chunks = [
+            slice(start, min(start + self.cache_chunk_size, len(batch)))
+            for start in range(0, len(batch), self.cache_chunk_size)
+        ]
+        states, query_parts, document_parts = [], [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                states.append(_random_state(batch.queries.input_ids.device))
+                queries, documents = self._encode_chunk(batch, chunk)
+                query_parts.append(queries)
+                document_parts.append(documents)
+        after = _random_state(batch.queries.input_ids.device)
+        queries = _leaf(query_parts)
+        documents = _leaf(document_parts)
+        result = self.loss_of_embeddings(batch, queries, documents, self.cache_chunk_size)
+        if not torch.isfinite(result.loss):
+            return result
+        query_grads, document_grads = torch.autograd.grad(
+            result.loss, [queries.embeddings, documents.embeddings]
+        )
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        earlier: list[torch.Tensor | None] = [None] * len(parameters)
+        surrogate = None
+        for index, (chunk, state) in enumerate(zip(chunks, states, strict=True)):
+            _set_random_state(state)
+            chunk_queries, chunk_documents = self._encode_chunk(batch, chunk)
+            document_rows = slice(chunk.start * batch.nway, chunk.stop * batch.nway)
+            surrogate = (chunk_queries.embeddings * query_grads[chunk]).sum() + (
+                chunk_documents.embeddings * document_grads[document_rows]
+            ).sum()
+            if index == len(chunks) - 1:
+                break
+            grads = torch.autograd.grad(surrogate, parameters, allow_unused=True)
+            for position, grad in enumerate(grads):
+                if grad is not None:
+                    total = earlier[position]
+                    earlier[position] = grad if total is None else total.add_(grad)
+        _set_random_state(after)
+        assert surrogate is not None
+        surrogate = surrogate + sum(
+            (parameter * grad).sum()
+            for parameter, grad in zip(parameters, earlier, strict=True)
+            if grad is not None
+        )
+        # the batch's loss as the value, the surrogate's gradient as the gradient
+        loss = result.loss.detach() + surrogate - surrogate.detach()
+        return replace(
+            result,
+            loss=loss,
+            positive_scores=result.positive_scores.detach(),
+            contrastive=None if result.contrastive is None else result.contrastive.detach(),
+            distillation=None if result.distillation is None else result.distillation.detach(),
+        )
+
+    def _encode_chunk(
+        self, batch: TrainingBatch, chunk: slice
+    ) -> tuple[TokenEmbeddings, TokenEmbeddings]:
+        """The embeddings of queries ``chunk`` and of their documents."""
+        rows = slice(chunk.start * batch.nway, chunk.stop * batch.nway)
+        queries = self.model.encode_queries(_rows(batch.queries, chunk))
+        documents = self.model.encode_documents(_rows(batch.documents, rows))
+        return queries, documents
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
         step = self.trainer.global_step
@@ -452,3 +659,28 @@ def optimisation(
         "optimizer": optimizer,
         "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
     }
+
+
+def _rows(tokens: TokenizedText, rows: slice) -> TokenizedText:
+    return TokenizedText(
+        tokens.input_ids[rows], tokens.attention_mask[rows], tokens.scored_mask[rows]
+    )
+
+
+def _leaf(parts: list[TokenEmbeddings]) -> TokenEmbeddings:
+    """The chunks' embeddings joined, as a leaf the loss's gradient is taken with respect to."""
+    embeddings = torch.cat([part.embeddings for part in parts]).requires_grad_(True)
+    return TokenEmbeddings(embeddings, torch.cat([part.mask for part in parts]))
+
+
+def _random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The random state dropout draws from on ``device``."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_random_state(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
