@@ -115,6 +115,23 @@ def test_init_pretrained_loads_every_encoder_weight():
     assert all(module.training for module in model.modules())
 
 
+@pytest.mark.parametrize("rows", [30522, 40000])
+def test_a_pretrained_encoder_with_more_embeddings_than_tokens_is_flagged(tmp_path, caplog, rows):
+    """A tokenizer of another vocabulary than the encoder's gives its ids the wrong rows."""
+    from transformers import BertConfig, BertModel
+
+    encoder_config = {k: v for k, v in tiny_config().encoder_config.items() if k != "model_type"}
+    BertModel(BertConfig(vocab_size=rows, **encoder_config)).save_pretrained(tmp_path)
+    config = tiny_config(init="pretrained", name_or_path=str(tmp_path), encoder_config={})
+    with caplog.at_level("WARNING", logger="colbert_lightning.modeling.colbert"):
+        ColBERT.from_config(config)
+    flagged = [r for r in caplog.records if "embedding rows" in r.getMessage()]
+    # the shipped tokenizer has BERT's 30,522 tokens
+    assert len(flagged) == (1 if rows > 30522 else 0)
+    if flagged:
+        assert "30522 tokens" in flagged[0].getMessage() and str(rows) in flagged[0].getMessage()
+
+
 def test_metadata_round_trip_gives_identical_scores(tiny_model):
     rebuilt = ColBERT.from_metadata(tiny_model.checkpoint_metadata()).eval()
     rebuilt.load_state_dict(tiny_model.state_dict())

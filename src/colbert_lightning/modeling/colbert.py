@@ -150,7 +150,20 @@ class ColBERT(nn.Module):
         else:
             encoder = AutoModel.from_config(_encoder_config(config, vocab_size=len(hf_tokenizer)))
         _drop_pooler(encoder)
-        if len(hf_tokenizer) > encoder.get_input_embeddings().num_embeddings:
+        rows = encoder.get_input_embeddings().num_embeddings
+        if config.init == "pretrained" and len(hf_tokenizer) < rows:
+            # padded tables (a few rows, to a multiple of 8 or 64) are common; a table of
+            # another vocabulary is not, and gives the tokenizer's ids the wrong embeddings
+            log.warning(
+                "the tokenizer has %d tokens, the pretrained encoder %s %d embedding rows: if "
+                "the tokenizer is not the one the encoder was trained with, its ids name other "
+                "tokens' embeddings (set model.tokenizer to the encoder's own, or "
+                "model.init=random)",
+                len(hf_tokenizer),
+                config.name_or_path,
+                rows,
+            )
+        if len(hf_tokenizer) > rows:
             encoder.resize_token_embeddings(len(hf_tokenizer))
             loaded_names.discard(_input_embedding_name(encoder))
         model = cls(config, encoder, tokenizer)
