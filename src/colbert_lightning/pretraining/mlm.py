@@ -26,21 +26,24 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, PreTrainedTokenizerBase
 
 from colbert_lightning.config.checks import ConfigError, check_optimisation
-from colbert_lightning.config.metadata import git_commit
 from colbert_lightning.data.corpora import corpus_files
 from colbert_lightning.evaluation.schedule import EvaluationSchedule
-from colbert_lightning.modeling.checkpoints import remove_stale_temporaries, temporary_path
+from colbert_lightning.modeling.checkpoints import temporary_path
 from colbert_lightning.pretraining.packing import IGNORE_INDEX, MaskedBatch
-from colbert_lightning.training.callbacks import AtomicCheckpointIO, ScheduledEvaluation
-from colbert_lightning.training.module import optimisation
-from colbert_lightning.training.threads import fix_intra_op_threads
+from colbert_lightning.training.callbacks import ScheduledEvaluation
+from colbert_lightning.training.module import WEIGHT_DECAY_EXCLUDE, optimisation
+from colbert_lightning.training.trainer import (
+    build_trainer,
+    finish_wandb_runs,
+    save_last_checkpoint,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ class MaskedLanguageModel(pl.LightningModule):
         model: BertForMaskedLM,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
-        weight_decay_exclude: tuple[str, ...] = ("bias", "LayerNorm", "layer_norm"),
+        weight_decay_exclude: tuple[str, ...] = WEIGHT_DECAY_EXCLUDE,
     ) -> None:
         super().__init__()
         self.model = model
@@ -384,9 +387,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.time()
     check_pretrain_config(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    threads = fix_intra_op_threads(cfg.get("cpu_threads"))
-    log.info("%d CPU intra-op threads, fixed for the run", threads)
+    threads = start_run(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer)
     # data before weights: a wrong value fails before any weight is built
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
@@ -394,26 +395,16 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     model = build_masked_lm(encoder_config, tokenizer, datamodule.max_length)
     module = instantiate(cfg.module, model=model)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    loggers = [instantiate(logger) for logger in cfg.logger.values()]
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    commit = git_commit()
-    for logger in trainer.loggers:
-        logger.log_hyperparams({"config": resolved, "git_commit": commit})
     output_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
-    if trainer.is_global_zero:
-        remove_stale_temporaries(checkpoint_dir)
+    run = build_trainer(cfg, callbacks, checkpoint_dir)
+    trainer, resolved, commit = run.trainer, run.config, run.commit
     parameters = sum(parameter.numel() for parameter in model.bert.parameters())
     log.info("pretraining a %s-parameter encoder from random weights", f"{parameters:,}")
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
-    if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
-        # last.ckpt holds the final step, whatever the checkpoint interval
-        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
+    save_last_checkpoint(trainer, checkpoint_dir)
     evaluation = next(
         (c for c in trainer.callbacks if isinstance(c, MaskedLanguageModelEvaluation)), None
     )
@@ -434,7 +425,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": commit,
         "config": resolved,
     }
-    _finish_wandb_runs(trainer)
+    finish_wandb_runs(trainer)
     if trainer.is_global_zero:
         save_encoder(model, tokenizer, output_dir / "encoder")
         (output_dir / "pretrain.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -454,10 +445,3 @@ def summary_line(results: dict[str, Any]) -> str:
                 f"val/mlm_accuracy {row['val/mlm_accuracy']:.4f}"
             )
     return "; ".join(parts)
-
-
-def _finish_wandb_runs(trainer: pl.Trainer) -> None:
-    # a wandb run left open is reused by the next WandbLogger in this process (multirun jobs)
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()

@@ -42,6 +42,9 @@ from colbert_lightning.training.distributed import (
 
 log = logging.getLogger(__name__)
 
+WEIGHT_DECAY_EXCLUDE = ("bias", "LayerNorm", "layer_norm")
+"""Parameter-name fragments exempt from weight decay by default: biases and norms."""
+
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
@@ -110,7 +113,7 @@ class ColBERTModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         in_batch_negatives: bool = True,
         gather_across_devices: bool = False,
-        weight_decay_exclude: tuple[str, ...] = ("bias", "LayerNorm", "layer_norm"),
+        weight_decay_exclude: tuple[str, ...] = WEIGHT_DECAY_EXCLUDE,
         skip_nonfinite: bool = False,
         gathered_maxsim: bool = False,
         mask_false_negatives: bool = True,

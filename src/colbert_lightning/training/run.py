@@ -11,12 +11,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from colbert_lightning.config.checks import ConfigError, check_beir_root, check_config
 from colbert_lightning.config.collections import collection_roots
-from colbert_lightning.config.metadata import git_commit
 from colbert_lightning.data import SeenQueries
 from colbert_lightning.data.beir import find_beir_file, qrels_path
 from colbert_lightning.data.negatives import prepared_inputs
@@ -28,11 +26,15 @@ from colbert_lightning.evaluation.split import (
     write_evaluation,
 )
 from colbert_lightning.modeling import ColBERT, ColBERTConfig, ColBERTTokenizer
-from colbert_lightning.modeling.checkpoints import remove_stale_temporaries
 from colbert_lightning.retrieval.bm25 import BM25Config, BM25PriorConfig
-from colbert_lightning.training.callbacks import AtomicCheckpointIO, RetrievalEvaluation
+from colbert_lightning.training.callbacks import RetrievalEvaluation
 from colbert_lightning.training.probes import TrainingProbes
-from colbert_lightning.training.threads import fix_intra_op_threads
+from colbert_lightning.training.trainer import (
+    build_trainer,
+    finish_wandb_runs,
+    save_last_checkpoint,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.time()
     check_config(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    # the weights depend on how many threads share each sum: one count, whatever the load
-    threads = fix_intra_op_threads(cfg.get("cpu_threads"))
-    log.info("%d CPU intra-op threads, fixed for the run", threads)
+    threads = start_run(cfg)
     model_config = instantiate(cfg.model)
     if not isinstance(model_config, ColBERTConfig):
         raise ConfigError(f"model={type(model_config).__name__} is not a trainable ColBERT")
@@ -58,25 +57,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     model = ColBERT.from_config(model_config, tokenizer)
     module = instantiate(cfg.module, model=model)
-    callbacks = build_callbacks(cfg, extra)
-    loggers = [instantiate(logger) for logger in cfg.logger.values()]
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    commit = git_commit()
-    for logger in trainer.loggers:
-        logger.log_hyperparams({"config": resolved, "git_commit": commit})
-
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    if trainer.is_global_zero:
-        # what writes killed before their rename left (as large as a checkpoint each)
-        folders = {
-            checkpoint_dir,
-            *(Path(c.dirpath) for c in trainer.checkpoint_callbacks if c.dirpath),
-        }
-        for folder in sorted(folders):
-            remove_stale_temporaries(folder)
+    run = build_trainer(cfg, build_callbacks(cfg, extra), checkpoint_dir)
+    trainer, resolved, commit = run.trainer, run.config, run.commit
 
     test_at_start = None
     if cfg.get("test_split") and not cfg.get("ckpt_path") and trainer.is_global_zero:
@@ -85,9 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
-    if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
-        # last.ckpt holds the final step, whatever the checkpoint interval
-        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
+    save_last_checkpoint(trainer, checkpoint_dir)
     skipped_here = torch.tensor(float(module.skipped_lines), device=module.device)
     skipped = int(trainer.strategy.reduce(skipped_here, reduce_op="sum").item())
     skipped += datamodule.skipped_store_lines
@@ -110,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": commit,
         "config": resolved,
     }
-    _finish_wandb_runs(trainer)
+    finish_wandb_runs(trainer)
     if cfg.get("test_split") and trainer.is_global_zero:
         results["test_step0"] = test_at_start
         # the best dev checkpoint, else last.ckpt; without checkpoints
@@ -203,14 +184,6 @@ def extra_collections(cfg: DictConfig) -> dict[str, str]:
         except (FileNotFoundError, IsADirectoryError) as error:
             raise ConfigError(f"callbacks.evaluation.extra ({label}): {error}") from None
     return roots
-
-
-def _finish_wandb_runs(trainer: pl.Trainer) -> None:
-    # A wandb run left open is reused by the next WandbLogger in this process: the jobs of a
-    # multirun would all log into the first job's run.
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
 
 
 def _evaluate_on_test(
