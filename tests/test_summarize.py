@@ -233,6 +233,21 @@ def _job(name: str, overrides: dict[str, str]) -> Job:
     return Job(name=name, folder=Path(name), overrides=overrides, results={}, curve=curve)
 
 
+def test_jobs_differing_only_in_where_they_wrote_are_one_configuration(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    for name, overrides in [
+        ("seed=0,variant=a", ["seed=0", "variant=a"]),
+        ("seed=1,variant=a", ["seed=1", "variant=a", "paths.cache_dir=/elsewhere/.cache"]),
+        ("seed=0,variant=b", ["seed=0", "variant=b", "paths.cache_dir=/elsewhere/.cache"]),
+    ]:
+        _write_job(sweep_dir / name, overrides, [_validation(0, 0.1, 0.1, 0.2)], best_step=0)
+    jobs = load_sweep(sweep_dir).jobs
+    assert varying_overrides(jobs) == {"seed": "seed", "variant": "variant"}
+    configurations = group_configurations(jobs)
+    assert [c.label for c in configurations] == ["variant=a", "variant=b"]
+    assert configurations[0].seeds == ["0", "1"]
+
+
 def test_varying_overrides_keeps_full_keys_where_short_ones_collide() -> None:
     jobs = [
         _job("0", {"module.optimizer.lr": "1e-4", "module.head.lr": "1e-3", "x.steps": "1"}),

@@ -41,6 +41,8 @@ EXAMPLES_SEEN_COLUMN = "trainer/examples_seen"
 RESULTS_FILE = "results.json"
 METRICS_CSV = Path("csv") / "metrics.csv"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+# Overrides of where a job reads and writes, left out of its overrides (``_read_overrides``).
+LOCATION_KEYS = "paths."
 
 # Columns of the per-job table after the varying overrides (job_values,
 # tables.summary_rows); an override never takes one of these names.
@@ -249,7 +251,10 @@ def _read_overrides(job_folder: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     entries = yaml.safe_load(path.read_text()) or []
-    return dict(parse_override(str(entry)) for entry in entries)
+    overrides = dict(parse_override(str(entry)) for entry in entries)
+    # paths.* say where a job read and wrote (a cache folder, a run folder), not what it
+    # trained: jobs run from another checkout are the same configuration
+    return {key: value for key, value in overrides.items() if not key.startswith(LOCATION_KEYS)}
 
 
 def _to_float(text: str | None) -> float:
