@@ -815,7 +815,8 @@ def _build_bm25_sweep(tmp_path: Path, extra: list[str], dev_qrels: tuple[str, ..
     """One job per entry of ``dev_qrels`` (a qrels split of the tiny folder as its dev set).
 
     Job 0 names its dev files by absolute path; the others relative to ``paths.root_dir``, as
-    a user's override may (training runs with ``hydra.job.chdir=false``).
+    a user's override may (training runs with ``hydra.job.chdir=false``), job 1's root spelt
+    through another folder and ``..`` (a run from another checkout beside this one).
     """
     _write_tiny_beir(tmp_path / "tiny")
     sweep_dir = tmp_path / "bm25_sweep"
@@ -827,7 +828,8 @@ def _build_bm25_sweep(tmp_path: Path, extra: list[str], dev_qrels: tuple[str, ..
             "queries": str(base / "queries.jsonl"),
             "qrels": str(base / "qrels" / f"{split}.tsv"),
         }
-        config = _bm25_config(tmp_path, dev, extra)
+        root_dir = tmp_path / "elsewhere" / ".." if number == 1 else tmp_path
+        config = _bm25_config(root_dir, dev, extra)
         _write_bm25_job(sweep_dir / str(number), f"0.000{number + 1}", config, extra_label)
     return sweep_dir
 
@@ -886,7 +888,7 @@ def test_bm25_on_the_dev_sets_equals_an_independent_computation_and_is_drawn_das
     assert settings == {"k1": 0.9, "b": 0.4, "k": 100, "skipped": []}
     figures = {figure["prefix"]: figure for figure in recorded["figures"]}
     assert sorted(figures) == ["val", "val_cranfield"]
-    # Job 0 names the files by absolute path, job 1 relative to paths.root_dir: one figure.
+    # Job 0 names the files by absolute path, job 1 relative to a root spelt with "..": one figure.
     assert figures["val"]["jobs"] == figures["val_cranfield"]["jobs"] == ["0", "1"]
     assert figures["val"]["queries"] == len(TINY_QRELS["dev"])
     assert figures["val_cranfield"]["queries"] == len(cranfield_set.qrels)

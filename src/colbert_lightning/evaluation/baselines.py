@@ -149,10 +149,13 @@ class DevBaselines:
         }
 
 
-def _absolute(path: str, root_dir: str | None) -> Path:
+def _absolute(path: str | Path, root_dir: str | None) -> Path:
     # Training runs with hydra.job.chdir=false: a relative path is relative to paths.root_dir.
+    # Resolved, so that one file named two ways (a/../b/f and b/f) gets BM25 computed once.
     resolved = Path(path)
-    return resolved if resolved.is_absolute() or root_dir is None else Path(root_dir) / resolved
+    if not resolved.is_absolute() and root_dir is not None:
+        resolved = Path(root_dir) / resolved
+    return resolved.resolve()
 
 
 def evaluation_files(config: Mapping[str, Any]) -> tuple[dict[str, EvaluationFiles], list[str]]:
@@ -186,9 +189,9 @@ def evaluation_files(config: Mapping[str, Any]) -> tuple[dict[str, EvaluationFil
                 [name], OmegaConf.create(dict(paths)), "callbacks.evaluation.extra"
             ).items()
             found[f"{DEV_PREFIX}_{label}"] = EvaluationFiles(
-                find_beir_file(root, "corpus"),
-                find_beir_file(root, "queries"),
-                qrels_path(root, split),
+                _absolute(find_beir_file(root, "corpus"), root_dir),
+                _absolute(find_beir_file(root, "queries"), root_dir),
+                _absolute(qrels_path(root, split), root_dir),
             )
         except _UNAVAILABLE as error:
             problems.append(f"{DEV_PREFIX}_{Path(name).name}: {error}")
