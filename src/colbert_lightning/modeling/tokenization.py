@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -40,6 +41,12 @@ class TokenizedText:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def __getitem__(self, index: Any) -> TokenizedText:
+        """The same rows (and columns) of all three tensors: ``tokens[rows, :length]``."""
+        return TokenizedText(
+            self.input_ids[index], self.attention_mask[index], self.scored_mask[index]
+        )
 
 
 # A letter or a digit: tokenisers keep them (WordPiece, SentencePiece and byte-level BPE alike),

@@ -28,7 +28,6 @@ from colbert_lightning.losses import (
     nway_cross_entropy,
 )
 from colbert_lightning.modeling import ColBERT, TokenEmbeddings
-from colbert_lightning.modeling.tokenization import TokenizedText
 from colbert_lightning.retrieval.encode import TokenizedBatches, encoder_device, tokenize_by_length
 from colbert_lightning.retrieval.exact import exact_rankings, rerank
 from colbert_lightning.scoring import maxsim, maxsim_gathered, maxsim_grouped, maxsim_in_chunks
@@ -351,11 +350,11 @@ class ColBERTModule(pl.LightningModule):
         states, query_parts, document_parts = [], [], []
         with torch.no_grad():
             for chunk in chunks:
-                states.append(_random_state(batch.queries.input_ids.device))
+                states.append(_get_rng_states())
                 queries, documents = self._encode_chunk(batch, chunk)
                 query_parts.append(queries)
                 document_parts.append(documents)
-        after = _random_state(batch.queries.input_ids.device)
+        after = _get_rng_states()
         queries = _leaf(query_parts)
         documents = _leaf(document_parts)
         result = self.loss_of_embeddings(batch, queries, documents, self.cache_chunk_size)
@@ -368,9 +367,9 @@ class ColBERTModule(pl.LightningModule):
         earlier: list[torch.Tensor | None] = [None] * len(parameters)
         surrogate = None
         for index, (chunk, state) in enumerate(zip(chunks, states, strict=True)):
-            _set_random_state(state)
+            _set_rng_states(state)
             chunk_queries, chunk_documents = self._encode_chunk(batch, chunk)
-            document_rows = slice(chunk.start * batch.nway, chunk.stop * batch.nway)
+            document_rows = _document_rows(chunk, batch.nway)
             surrogate = (chunk_queries.embeddings * query_grads[chunk]).sum() + (
                 chunk_documents.embeddings * document_grads[document_rows]
             ).sum()
@@ -381,7 +380,7 @@ class ColBERTModule(pl.LightningModule):
                 if grad is not None:
                     total = earlier[position]
                     earlier[position] = grad if total is None else total.add_(grad)
-        _set_random_state(after)
+        _set_rng_states(after)
         assert surrogate is not None
         surrogate = surrogate + sum(
             (parameter * grad).sum()
@@ -402,9 +401,8 @@ class ColBERTModule(pl.LightningModule):
         self, batch: TrainingBatch, chunk: slice
     ) -> tuple[TokenEmbeddings, TokenEmbeddings]:
         """The embeddings of queries ``chunk`` and of their documents."""
-        rows = slice(chunk.start * batch.nway, chunk.stop * batch.nway)
-        queries = self.model.encode_queries(_rows(batch.queries, chunk))
-        documents = self.model.encode_documents(_rows(batch.documents, rows))
+        queries = self.model.encode_queries(batch.queries[chunk])
+        documents = self.model.encode_documents(batch.documents[_document_rows(chunk, batch.nway)])
         return queries, documents
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
@@ -664,26 +662,12 @@ def optimisation(
     }
 
 
-def _rows(tokens: TokenizedText, rows: slice) -> TokenizedText:
-    return TokenizedText(
-        tokens.input_ids[rows], tokens.attention_mask[rows], tokens.scored_mask[rows]
-    )
+def _document_rows(chunk: slice, nway: int) -> slice:
+    """The batch's document rows of the queries ``chunk``: ``nway`` per query."""
+    return slice(chunk.start * nway, chunk.stop * nway)
 
 
 def _leaf(parts: list[TokenEmbeddings]) -> TokenEmbeddings:
     """The chunks' embeddings joined, as a leaf the loss's gradient is taken with respect to."""
     embeddings = torch.cat([part.embeddings for part in parts]).requires_grad_(True)
     return TokenEmbeddings(embeddings, torch.cat([part.mask for part in parts]))
-
-
-def _random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The random state dropout draws from on ``device``."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_random_state(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())

@@ -323,9 +323,7 @@ def sample_probe_set(
     tokens = tokenizer.documents([dev_set.corpus_texts[row_of[doc]] for doc in document_ids])
     order = tokens.attention_mask.sum(dim=1).argsort(stable=True).tolist()  # shortest first
     document_ids = [document_ids[index] for index in order]
-    tokens = TokenizedText(
-        tokens.input_ids[order], tokens.attention_mask[order], tokens.scored_mask[order]
-    )
+    tokens = tokens[order]
     column = {document: index for index, document in enumerate(document_ids)}
     relevant = torch.zeros(len(query_ids), len(document_ids), dtype=torch.bool)
     for row, query in enumerate(query_ids):
@@ -369,11 +367,7 @@ def _encode_in_batches(
     lengths = [width] * len(tokens) if queries else tokens.attention_mask.sum(dim=1).tolist()
     parts = []
     for rows, length in _batches(lengths, batch_size):
-        batch = TokenizedText(
-            tokens.input_ids[rows, :length],
-            tokens.attention_mask[rows, :length],
-            tokens.scored_mask[rows, :length],
-        ).to(device)
+        batch = tokens[rows, :length].to(device)
         encode = model.encode_queries if queries else model.encode_documents
         embeddings = encode(batch).embeddings.float()  # (b, length, dim)
         parts.append(nn.functional.pad(embeddings, (0, 0, 0, width - length)))
