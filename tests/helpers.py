@@ -7,8 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -93,3 +96,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def gloo_process_group(rank: int, port: int, world_size: int, **options) -> Iterator[None]:
+    """This spawned process in a gloo group of ``world_size`` on ``127.0.0.1:port``, until exit."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, **options)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

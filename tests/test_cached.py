@@ -8,7 +8,6 @@ DDP's gradient hooks once, with every chunk's gradient in it.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ from colbert_lightning.data.types import TrainingExample
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.training import ColBERTModule
 from tests.conftest import TINY_ENCODER, tiny_config
-from tests.helpers import free_port
+from tests.helpers import free_port, gloo_process_group
 
 TOPICS = ["lift", "shock", "heat", "drag", "flutter", "boundary", "nozzle", "vortex"]
 EXAMPLES = [
@@ -169,9 +168,7 @@ class _Wrapper(torch.nn.Module):
 
 
 def _worker(rank: int, port: int, world: int, output: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_process_group(rank, port, world):
         results = []
         for cached in (False, True):
             module = _module(
@@ -191,8 +188,6 @@ def _worker(rank: int, port: int, world: int, output: str) -> None:
             results.append((total.item() / world, grads))
         if rank == 0:
             torch.save(results, output)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_cached_step_under_ddp_with_gathered_documents_gives_the_uncached_gradients(tmp_path):

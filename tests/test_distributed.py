@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
 from typing import Any
 
@@ -28,7 +27,7 @@ from colbert_lightning.scoring import maxsim
 from colbert_lightning.training import ColBERTModule
 from colbert_lightning.training.distributed import TorchProcessGroup, gather_documents
 from tests.conftest import tiny_config
-from tests.helpers import free_port
+from tests.helpers import free_port, gloo_process_group
 
 BATCH, NWAY, QUERY_LEN, DIM, WORLD = 4, 2, 3, 8, 2
 
@@ -62,9 +61,7 @@ def single_process_gradient():
 
 
 def worker(rank, port, output):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_process_group(rank, port, WORLD):
         weight, queries, documents = make_inputs()
         weight.requires_grad_(True)
         local_queries = queries.chunk(WORLD)[rank]
@@ -79,8 +76,6 @@ def worker(rank, port, output):
         dist.all_reduce(gradient)  # what DDP does, before dividing by the world size
         if rank == 0:
             torch.save(gradient / WORLD, output)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_gathered_in_batch_negatives_match_single_process_gradients(tmp_path):
@@ -201,17 +196,13 @@ def save_and_resume(module: ColBERTModule, rank: int, checkpoint_path: str) -> d
 
 
 def evaluation_worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_process_group(rank, port, WORLD):
         model = make_model(f"{folder}/weights.pt")
         results = evaluation_runs(model, TorchProcessGroup())
         module = ColBERTModule(model, optimizer=torch.optim.AdamW)
         results["random states"] = save_and_resume(module, rank, f"{folder}/checkpoint.ckpt")
         torch.save(results, f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import torch
@@ -14,7 +13,7 @@ from colbert_lightning.data.types import TrainingExample
 from colbert_lightning.modeling import ColBERT
 from colbert_lightning.training import ColBERTModule
 from tests.conftest import tiny_config
-from tests.helpers import free_port
+from tests.helpers import free_port, gloo_process_group
 
 WORLD = 2
 # Rows 0-1 go to rank 0, rows 2-3 to rank 1. Row 2 asks row 0's query under another id, and
@@ -49,9 +48,7 @@ def _module(mask: bool, world_size: int) -> ColBERTModule:
 
 
 def _worker(rank: int, port: int, output: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_process_group(rank, port, WORLD):
         results = []
         for mask in (True, False):
             module = _module(mask, WORLD)
@@ -64,8 +61,6 @@ def _worker(rank: int, port: int, output: str) -> None:
             results.append(values)
         if rank == 0:
             torch.save(torch.stack(results), output)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_gathered_negatives_are_masked_across_processes(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -311,10 +310,10 @@ def ddp_stream_worker(rank: int, world_size: int, port: int, folder: str) -> Non
 
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from tests.helpers import gloo_process_group
+
     # a process left waiting for the other would fail after the timeout, not hang the tests
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
-    try:
+    with gloo_process_group(rank, port, world_size, timeout=timedelta(seconds=60)):
         config = ColBERTConfig(
             tokenizer=colbert_lightning.resources.resource_path("tokenizer/bert-base-uncased"),
             encoder_config={"model_type": "bert"},
@@ -347,14 +346,13 @@ def ddp_stream_worker(rank: int, world_size: int, port: int, folder: str) -> Non
                 outcome[name] = {"error": str(error)}
             dist.barrier()  # both processes get here: neither is left waiting
         torch.save(outcome, f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_ddp_processes_share_the_valid_lines_and_fail_alike(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    from tests.test_distributed import WORLD, free_port
+    from tests.helpers import free_port
+    from tests.test_distributed import WORLD
 
     write_half_bad_file(tmp_path / "half_bad.jsonl")
     (tmp_path / "all_bad.jsonl").write_text("{broken\n" * 16)
