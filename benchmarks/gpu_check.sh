@@ -10,8 +10,10 @@
 #          antlr4-python3-runtime==4.9.3 pylate==1.6.0 sentence-transformers==5.3.0
 #    (add lightning, torchmetrics, transformers, bm25s, pytest if that machine lacks them).
 # 2. With CUDA: the speed-lever tests on CUDA and CPU (tests/test_speed.py: gathered MaxSim,
-#    bf16 autocast, fused AdamW, a Trainer run with every lever), then benchmarks/throughput.py
-#    for BERT-base in bf16 at batch 32 and 128, each alternating with PyLate 1.6.0 (installed
+#    bf16 autocast, fused AdamW, length buckets, a Trainer run with every lever), then
+#    benchmarks/throughput.py for BERT-base in bf16 at batch 32 and 128 on MS MARCO-like
+#    document lengths (ms/step, real and padded tokens/s, MFU on real tokens), each
+#    alternating with PyLate 1.6.0 (installed
 #    from the wheels into a venv that reuses the machine's CUDA torch), and the Trainer end to end.
 #    Without CUDA (the CPU fallback): the same tests on CPU and a small CPU throughput run (with
 #    the PyLate pair when benchmarks/peers/pylate16/.venv exists or WHEELS_DIR can build it).
@@ -98,10 +100,10 @@ timeout 150 "$python" -m pytest tests/test_speed.py -q -p no:cacheprovider \
 
 if [[ "$cuda" == 1 ]]; then
     for batch in 32 128; do
-        say "throughput: BERT-base, bf16, batch $batch, alternating with PyLate"
+        say "throughput: BERT-base, bf16, batch $batch, MS MARCO-like lengths, alternating with PyLate"
         timeout 200 "$python" benchmarks/throughput.py --device cuda --model bert_base \
             --batch-size "$batch" --threads 4 --batches 8 --warmup 5 --steps 10 --pairs 5 \
-            --variants bf16 bf16_fused bf16_fused_gathered --profile-steps 3 \
+            --lengths msmarco --variants bf16 bf16_fused_gathered bf16_all --profile-steps 3 \
             --e2e bf16 bf16_fused_gathered --e2e-steps 30 --e2e-warmup 5 --workers 4 \
             "${peer_args[@]}" --out "$out" --name "throughput_cuda_b$batch" 2>&1 | tee -a "$log"
         [[ "${PIPESTATUS[0]}" == 0 ]] || status=1
@@ -109,7 +111,7 @@ if [[ "$cuda" == 1 ]]; then
 else
     say "no CUDA device: CPU fallback (tiny model, few steps)"
     timeout 300 "$python" benchmarks/throughput.py --device cpu --model tiny --batch-size 32 \
-        --batches 2 --warmup 1 --steps 2 --pairs 2 --variants fp32 bf16_fused_gathered \
+        --batches 2 --warmup 1 --steps 2 --pairs 2 --lengths msmarco --variants fp32 bf16_all \
         --profile-steps 0 --e2e default --e2e-steps 3 --e2e-warmup 1 \
         "${peer_args[@]}" --out "$out" --name throughput_cpu_fallback 2>&1 | tee -a "$log"
     [[ "${PIPESTATUS[0]}" == 0 ]] || status=1

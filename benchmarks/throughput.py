@@ -15,6 +15,7 @@ per variant). On GPU an MFU estimate: 6 x non-embedding parameters x tokens / ti
 
     python benchmarks/throughput.py                       # CPU, tiny config, batch 32, nway 2
     python benchmarks/throughput.py --device cuda --model bert_base --batch-size 128
+    python benchmarks/throughput.py --lengths msmarco   # Cranfield's texts, MS MARCO-like lengths
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    LENGTHS,
     REPO,
     compose,
     header,
@@ -83,6 +85,7 @@ class Variant:
     precision: str  # "32" or "bf16"
     fused_adamw: bool = False
     gathered_maxsim: bool = False
+    document_buckets: int = 1
 
     def describe(self) -> str:
         """A short text of the levers."""
@@ -91,6 +94,8 @@ class Variant:
             levers.append("fused AdamW")
         if self.gathered_maxsim:
             levers.append("gathered MaxSim")
+        if self.document_buckets > 1:
+            levers.append(f"{self.document_buckets} length buckets")
         return " + ".join(levers)
 
 
@@ -105,6 +110,11 @@ VARIANTS = {
         Variant("bf16_fused", "bf16", fused_adamw=True),
         Variant("bf16_gathered", "bf16", gathered_maxsim=True),
         Variant("bf16_fused_gathered", "bf16", fused_adamw=True, gathered_maxsim=True),
+        Variant("fp32_all", "32", fused_adamw=True, gathered_maxsim=True, document_buckets=4),
+        Variant("bf16_all", "bf16", fused_adamw=True, gathered_maxsim=True, document_buckets=4),
+        Variant("bf16_buckets2", "bf16", document_buckets=2),
+        Variant("bf16_buckets4", "bf16", document_buckets=4),
+        Variant("bf16_buckets8", "bf16", document_buckets=8),
     )
 }
 
@@ -116,6 +126,12 @@ END_TO_END = {
         "trainer.precision=bf16-mixed",
         "module.optimizer.fused=true",
         "module.gathered_maxsim=true",
+    ],
+    "bf16_all": [
+        "trainer.precision=bf16-mixed",
+        "module.optimizer.fused=true",
+        "module.gathered_maxsim=true",
+        "module.document_buckets=4",
     ],
 }
 
@@ -311,18 +327,36 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
     cfg, module, optimizer = build_module(args.model, args.batch_size, args.nway, out=out)
     module.to(device)
     batches = make_batches(
-        module.model.tokenizer, args.batches, args.batch_size, args.nway, args.corpus
+        module.model.tokenizer,
+        args.batches,
+        args.batch_size,
+        args.nway,
+        args.corpus,
+        lengths=args.lengths,
     )
     counts = [token_counts(batch) for batch in batches]
     real = sum(count[0] for count in counts) / len(counts)
     padded = sum(count[1] for count in counts) / len(counts)
-    doc_lengths = [batch.documents.input_ids.shape[1] for batch in batches]
+    doc_widths = [batch.documents.input_ids.shape[1] for batch in batches]
+    lengths = sorted(
+        int(length) for batch in batches for length in batch.documents.attention_mask.sum(dim=1)
+    )
+    distribution = {
+        "mean": statistics.fmean(lengths),
+        "median": statistics.median(lengths),
+        "p90": lengths[int(0.9 * (len(lengths) - 1))],
+        "max": lengths[-1],
+    }
     print(
-        f"   {args.batches} fixed batches of {args.corpus} texts: batch {args.batch_size}, nway "
-        f"{args.nway}, document width {min(doc_lengths)}-{max(doc_lengths)} tokens, real tokens "
-        f"{real / padded:.0%} of padded ({real:.0f} / {padded:.0f} per batch)"
+        f"   {args.batches} fixed batches of {args.corpus} texts, {args.lengths} lengths: batch "
+        f"{args.batch_size}, nway {args.nway}; document tokens (with markers) mean "
+        f"{distribution['mean']:.0f}, median {distribution['median']:.0f}, 90th percentile "
+        f"{distribution['p90']}, max {distribution['max']}; padded width "
+        f"{min(doc_widths)}-{max(doc_widths)}; real tokens {real / padded:.0%} of padded "
+        f"({real:.0f} / {padded:.0f} per batch)"
     )
     results["tokens_per_batch"] = {"real": real, "padded": padded}
+    results["document_lengths"] = distribution
     on_device = [batch.to(device) for batch in batches]
     lr = float(cfg.module.optimizer.lr)
     peer = None
@@ -342,6 +376,7 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
     try:
         for key, variant, peer_precision in variants:
             module.gathered_maxsim = variant.gathered_maxsim
+            module.document_buckets = variant.document_buckets
             run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -411,6 +446,7 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
             first, last = variants[0][1], variants[-1][1]
             for label, variant in (("before", first), ("after", last)):
                 module.gathered_maxsim = variant.gathered_maxsim
+                module.document_buckets = variant.document_buckets
                 run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
                 results[f"profile_{label}"] = {
                     "variant": variant.name,
@@ -536,6 +572,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--nway", type=int, default=2)
     parser.add_argument("--corpus", default="cranfield", choices=["cranfield", "scifact"])
+    parser.add_argument(
+        "--lengths",
+        default="natural",
+        choices=list(LENGTHS),
+        help="document lengths: the corpus' own, or its texts cut to MS MARCO-like lengths",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (both sides)")
     parser.add_argument("--batches", type=int, default=8, help="distinct fixed batches")
     parser.add_argument("--warmup", type=int, default=3, help="steps before timing, per variant")
@@ -602,6 +644,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if device.type == "cuda":
             columns[-2:-2] = ["mfu_real", "mfu_padded"]
         print(table(rows, columns))
+        matched = [
+            f"{row['levers']}: {row['median_ratio']:.2f}x"
+            for row in rows
+            if row.get("median_ratio") is not None
+            and row["pylate_precision"] == row["levers"].split(" + ")[0]
+        ]
+        if matched:
+            print(
+                f"   ours/PyLate at matched precision ({args.lengths} lengths, triples/s, median "
+                "of the pairs): " + "; ".join(matched)
+            )
         for label in ("before", "after", "pylate"):
             profile = payload["model_step"].get(f"profile_{label}")
             if profile:

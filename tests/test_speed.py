@@ -51,6 +51,43 @@ def test_gathered_maxsim_same_scores_and_gradients(similarity, device):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_gathered_maxsim_under_bf16_autocast_matches_the_dense_path(device):
+    generator = torch.Generator().manual_seed(2)
+    queries = embeddings(generator, 4, 8, dim=32).to(device).requires_grad_()
+    documents = embeddings(generator, 8, 20, dim=32).to(device).requires_grad_()
+    query_mask = torch.ones(4, 8, dtype=torch.bool, device=device)
+    document_mask = (torch.rand(8, 20, generator=generator) > 0.3).to(device)
+    weights = torch.randn(4, 8, generator=generator).to(device)
+    results = []
+    for score in (maxsim, maxsim_gathered):
+        queries.grad = documents.grad = None
+        with torch.autocast(device, dtype=torch.bfloat16):
+            scores = score(queries, query_mask, documents, document_mask)
+        assert scores.dtype == torch.float32  # best matches are summed in float32
+        (scores * weights).sum().backward()
+        assert queries.grad.dtype == documents.grad.dtype == torch.float32
+        results.append((scores.detach(), queries.grad.clone(), documents.grad.clone()))
+    # both take the best of the same bf16 similarities; gradients differ by bf16 rounding
+    for expected, actual in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(actual, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_gathered_maxsim_computes_only_the_gradients_asked_for():
+    generator = torch.Generator().manual_seed(3)
+    queries = embeddings(generator, 2, 3).requires_grad_()
+    documents = embeddings(generator, 4, 5)  # a frozen side gets no gradient
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    maxsim_gathered(queries, torch.ones(2, 3, dtype=torch.bool), documents, mask).sum().backward()
+    expected = torch.zeros_like(queries)
+    for q in range(2):  # by hand: each query token's best match, summed over the documents
+        for i in range(3):
+            for d in range(4):
+                expected[q, i] += documents[d, (documents[d] @ queries[q, i]).argmax()]
+    torch.testing.assert_close(queries.grad, expected.detach())
+    assert documents.grad is None
+
+
 def test_gathered_maxsim_document_without_scored_tokens_scores_minus_infinity():
     generator = torch.Generator().manual_seed(1)
     queries, documents = embeddings(generator, 2, 3), embeddings(generator, 2, 4)
@@ -183,3 +220,80 @@ def test_trainer_with_every_lever_clips_and_trains(tmp_path, device):
         torch.nn.utils.clip_grad_norm_ = original
     assert results["steps"] == 3
     assert clipped == [1.0, 1.0, 1.0]
+
+
+def test_length_buckets_pad_least_of_every_way_to_cut():
+    import itertools
+
+    from colbert_lightning.modeling.colbert import length_buckets
+
+    generator = torch.Generator().manual_seed(4)
+    for count, buckets in [(1, 3), (5, 1), (6, 2), (7, 3), (8, 4), (8, 8)]:
+        lengths = torch.randint(1, 50, (count,), generator=generator)
+        order, groups = length_buckets(lengths, buckets)
+        assert torch.equal(torch.cat(groups), order)  # every row once, in length order
+        assert len(groups) <= buckets
+        padded = sum(len(group) * int(lengths[group].max()) for group in groups)
+        ordered = sorted(lengths.tolist())
+        best = min(  # brute force over every set of cut points of the sorted lengths
+            sum(
+                (stop - start) * ordered[stop - 1]
+                for start, stop in zip((0, *cuts), (*cuts, count), strict=True)
+            )
+            for size in range(min(buckets, count))
+            for cuts in itertools.combinations(range(1, count), size)
+        )
+        assert padded == best, (lengths.tolist(), buckets)
+
+
+def documents_of_varied_length(model):
+    words = "flow wing pressure shock layer heat jet plate mach boundary".split()
+    texts = [" ".join(words * repeat)[: 7 * repeat + 3] for repeat in (1, 9, 2, 5, 1, 8, 3)]
+    return model.tokenizer.documents(texts)
+
+
+@pytest.mark.parametrize("buckets", [2, 3, 7, 20])
+def test_documents_in_buckets_embed_as_one_padded_batch(tmp_path, buckets):
+    module, _ = tiny_module(tmp_path)
+    model = module.model.eval()
+    documents = documents_of_varied_length(model)
+    lengths = documents.attention_mask.sum(dim=1)
+    assert len(set(lengths.tolist())) > 3  # the test needs varied lengths
+    with torch.no_grad():
+        expected = model.encode_documents(documents)
+        actual = model.encode_documents(documents, buckets)
+    assert torch.equal(actual.mask, expected.mask)
+    attended = documents.attention_mask.bool()
+    torch.testing.assert_close(actual.embeddings[attended], expected.embeddings[attended])
+    if buckets >= len(documents):  # each document its own group: no padding encoded
+        assert not actual.embeddings[~attended].any()
+
+
+def test_documents_in_buckets_need_right_padding(tmp_path):
+    module, _ = tiny_module(tmp_path)
+    documents = documents_of_varied_length(module.model)
+    flipped = documents[:, torch.arange(documents.input_ids.shape[1] - 1, -1, -1)]
+    with pytest.raises(ValueError, match="right-padded"):
+        module.model.encode_documents(flipped, 3)
+
+
+def test_document_buckets_option_gives_the_same_training_step(tmp_path):
+    plain, batch = tiny_module(tmp_path)  # the tiny model has no dropout
+    bucketed, _ = tiny_module(tmp_path, ["module.document_buckets=3"])
+    assert bucketed.document_buckets == 3 and plain.document_buckets == 1
+    lengths = batch.documents.attention_mask.sum(dim=1)
+    assert len(set(lengths.tolist())) > 2
+    expected_loss, expected = loss_and_gradients(plain, batch, "cpu")
+    loss, gradients = loss_and_gradients(bucketed, batch, "cpu")
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    assert gradients.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(gradients[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_document_buckets_must_be_a_positive_integer(tmp_path, value):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="module.document_buckets must be"):
+        tiny_module(tmp_path, [f"module.document_buckets={value}"])

@@ -22,7 +22,13 @@ from colbert_lightning.data.crops import CropReader, CropSpec
 from colbert_lightning.data.errors import BadLines, DataFormatError, OnBadLine, check_on_bad_line
 from colbert_lightning.data.negatives import prepare_triples
 from colbert_lightning.data.readers import TripleReader, make_reader
-from colbert_lightning.data.streaming import TripleStream, ValidLines, check_nway, scan_lines
+from colbert_lightning.data.streaming import (
+    TripleStream,
+    ValidLines,
+    check_length_grouping,
+    check_nway,
+    scan_lines,
+)
 from colbert_lightning.data.text_store import TextStore
 from colbert_lightning.data.types import TrainingBatch, TrainingExample
 from colbert_lightning.modeling.tokenization import ColBERTTokenizer
@@ -163,6 +169,10 @@ class ColBERTDataModule(pl.LightningDataModule):
             ``skip`` bad lines are counted only as the stream meets them.
         crops: how ``train.format: crops`` crops its corpus (None: ``CropSpec()``'s defaults);
             refused with another format.
+        length_grouping: 0 or 1: off (the default). ``N >= 2``: each batch holds examples of
+            similar document length, taken from a pool of ``N * batch_size`` consecutive
+            shuffled examples, so it pads less; its in-batch negatives are then correlated
+            with length. Off until measured to train as well (see ``TripleStream``).
     """
 
     def __init__(
@@ -180,9 +190,11 @@ class ColBERTDataModule(pl.LightningDataModule):
         on_bad_line: OnBadLine = "error",
         validate: bool = False,
         crops: CropSpec | None = None,
+        length_grouping: int = 0,
     ) -> None:
         super().__init__()
         check_nway(nway)
+        check_length_grouping(length_grouping)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -203,6 +215,7 @@ class ColBERTDataModule(pl.LightningDataModule):
         self.on_bad_line = on_bad_line
         self.validate = validate
         self.crops = crops
+        self.length_grouping = length_grouping
         self._dev_set: DevSet | None = None
         self._seen_queries: SeenQueries | None = None
         self._triple_reader: TripleReader | None = None
@@ -256,6 +269,7 @@ class ColBERTDataModule(pl.LightningDataModule):
             skip_batches=self.batches_consumed,
             valid_lines=self.valid_lines(),
             cap=None if self.tokenizer is None else TextCap(self.tokenizer),
+            length_grouping=self.length_grouping,
         )
 
     def _reader(self) -> TripleReader:

@@ -6,12 +6,15 @@ parses only its own shard of the valid lines (the ``v``-th valid line goes to sh
 ``v % num_shards``), so across all of them each valid line is used exactly once per pass, every
 shard gets its share whatever the pattern of bad lines, and the file is never held in memory.
 Each bad line is reported by one shard, the one its line number falls to
-(``(line - 1) % num_shards``). A bounded shuffle buffer mixes the order.
+(``(line - 1) % num_shards``). A bounded shuffle buffer mixes the order; batches are
+consecutive examples of that order or, with ``length_grouping`` (off by default), examples of
+similar length taken from a pool of consecutive ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -60,6 +63,57 @@ def parse_example(
     # The reader may accept fewer (its min_negatives is its own); training needs these.
     require_negatives(reader.path, line_number, len(example.negatives), nway - 1)
     return example
+
+
+def check_length_grouping(length_grouping: object) -> None:
+    """The one check of ``length_grouping``, by ``ColBERTDataModule`` and ``TripleStream``.
+
+    Raises:
+        ValueError: ``length_grouping`` is not an integer >= 0.
+    """
+    if (
+        isinstance(length_grouping, bool)
+        or not isinstance(length_grouping, int)
+        or length_grouping < 0
+    ):
+        raise ValueError(
+            "data.length_grouping must be an integer >= 0 (0 or 1: off; N >= 2: batches of "
+            f"similar length drawn from pools of N batches), got {length_grouping!r}"
+        )
+
+
+def length_key(example: TrainingExample) -> int:
+    """What length grouping sorts by: the characters of the example's longest document.
+
+    The batch's documents are padded to its longest one, positive or negative.
+
+    >>> length_key(TrainingExample("query", "a positive", ("negative", "a longer negative")))
+    17
+    """
+    return max(len(example.positive), *(len(text) for text in example.negatives))
+
+
+def group_by_length(
+    pool: list[TrainingExample], batch_size: int, shuffler: random.Random
+) -> list[list[TrainingExample]]:
+    """A pool of examples cut into batches of similar length, the batches in shuffled order.
+
+    The pool is sorted by ``length_key`` (a stable sort: equal keys keep the pool's order) and
+    cut into batches of ``batch_size`` from the shortest; the full batches are shuffled by
+    ``shuffler``, and a smaller batch (the longest examples of a pool that does not fill its
+    batches) stays last, as a finite stream's last batch.
+
+    >>> pool = [TrainingExample(str(n), "p" * n, ("n",)) for n in (5, 1, 4, 2, 3)]
+    >>> batches = group_by_length(pool, 2, random.Random(1))
+    >>> [[example.query for example in batch] for batch in batches]
+    [['3', '4'], ['1', '2'], ['5']]
+    """
+    ordered = sorted(pool, key=length_key)
+    batches = [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    full = len(ordered) // batch_size
+    shuffled = batches[:full]
+    shuffler.shuffle(shuffled)
+    return shuffled + batches[full:]
 
 
 @dataclass(frozen=True)
@@ -188,10 +242,24 @@ class TripleStream(IterableDataset):
             DataLoader takes batches from its workers in turn, so each worker continues the
             shard of the interrupted run's worker whose batch comes next in its turn, and skips
             that worker's batches below ``skip_batches``: the resumed stream continues exactly
-            where the interrupted one stopped, without tokenising the skipped examples again.
+            where the interrupted one stopped, without tokenising the skipped examples again
+            (with ``length_grouping``, a partly trained pool is read and grouped again, and its
+            trained batches dropped before they are collated).
         valid_lines: the file's ``scan_lines``; ``None`` scans it here, once.
         cap: shortens texts far longer than the model keeps as they are read (see ``TextCap``);
             ``None`` keeps them whole.
+        length_grouping: 0 (the default) or 1: off, batches are consecutive examples of the
+            shuffled stream. ``N >= 2``: each worker takes ``N * batch_size`` consecutive
+            examples of its shuffled stream (a pool), sorts them by the length of their longest
+            document (``length_key``), cuts them into ``N`` batches and yields those in an order
+            shuffled with a seed of ``(seed, shard, pool)`` (see ``group_by_length``), so each
+            batch pads less. The examples of a pass are unchanged, but a batch is no longer a
+            random draw from the shuffle buffer: its documents have similar lengths, so its
+            in-batch negatives are correlated with length (harder or easier than random ones),
+            and the batches of a pool are drawn from only ``N * batch_size`` examples. It saves
+            padding only where many documents are shorter than ``doc_maxlen`` (longer ones are
+            cut to it). Off by default until it is measured to train as well. Used only with
+            ``collate``.
 
     Attributes:
         bad_lines: the skipped-line tally of the current iteration, in this process (each
@@ -214,6 +282,7 @@ class TripleStream(IterableDataset):
         skip_batches: int = 0,
         valid_lines: ValidLines | None = None,
         cap: TextCap | None = None,
+        length_grouping: int = 0,
     ) -> None:
         super().__init__()
         if os.path.abspath(path) != os.path.abspath(reader.path):
@@ -227,6 +296,7 @@ class TripleStream(IterableDataset):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if skip_batches < 0:
             raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+        check_length_grouping(length_grouping)
         self.bad_lines = BadLines(on_bad_line)  # also validates the policy
         if valid_lines is None:
             valid_lines = scan_lines(reader, nway)
@@ -246,6 +316,7 @@ class TripleStream(IterableDataset):
         self.skip_batches = skip_batches
         self.valid_lines = valid_lines
         self.cap = cap
+        self.length_grouping = length_grouping
 
     def check(self, num_shards: int) -> None:
         """Raise what every shard would: the whole file's verdict, the same in every process.
@@ -281,7 +352,7 @@ class TripleStream(IterableDataset):
         examples = self._examples(shard, num_shards)
         if self.collate is None:
             return examples
-        return self._batches(examples)
+        return self._batches(examples, shard)
 
     def _worker_role(self) -> tuple[int, int]:
         """``(num_workers, role)``: which worker of the interrupted run this one continues.
@@ -378,24 +449,34 @@ class TripleStream(IterableDataset):
             scores=None if scores is None else (scores[0], *(scores[1 + i] for i in chosen)),
         )
 
-    def _batches(self, examples: Iterator[TrainingExample]) -> Iterator[TrainingBatch]:
+    def _batches(self, examples: Iterator[TrainingExample], shard: int) -> Iterator[TrainingBatch]:
         assert self.collate is not None
         num_workers, role = self._worker_role()
         # Batches r, r + W, r + 2W, ... of the interrupted run came from its worker r.
         already_trained = max(0, (self.skip_batches - role + num_workers - 1) // num_workers)
-        for _ in range(already_trained * self.batch_size):
+        # Without grouping a pool is one batch, taken in stream order.
+        grouping = self.length_grouping >= 2
+        pool_batches = self.length_grouping if grouping else 1
+        pool_size = pool_batches * self.batch_size
+        pool_index, trained_in_pool = divmod(already_trained, pool_batches)
+        # Whole pools already trained: their examples are passed over, never collated.
+        for _ in range(pool_index * pool_size):
             if next(examples, None) is None:
                 return
         # Bad lines met while fast-forwarding were reported by the interrupted run.
         reported = self.bad_lines.total
-        batch: list[TrainingExample] = []
-        for example in examples:
-            batch.append(example)
-            if len(batch) == self.batch_size:
+        while pool := list(itertools.islice(examples, pool_size)):
+            batches = [pool]
+            if grouping:
+                # A string seed is hashed with SHA-512, the same in every process.
+                shuffler = random.Random(f"length-groups:{self.seed}:{shard}:{pool_index}")
+                batches = group_by_length(pool, self.batch_size, shuffler)
+            if trained_in_pool:
+                # The pool's bad lines went with its first batch, already trained.
+                batches, reported = batches[trained_in_pool:], self.bad_lines.total
+                trained_in_pool = 0
+            for batch in batches:
                 collated = self.collate(batch)
                 skipped, reported = self.bad_lines.total - reported, self.bad_lines.total
                 yield dataclasses.replace(collated, skipped_lines=skipped)
-                batch = []
-        if batch:
-            collated = self.collate(batch)
-            yield dataclasses.replace(collated, skipped_lines=self.bad_lines.total - reported)
+            pool_index += 1

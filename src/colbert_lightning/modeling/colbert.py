@@ -197,9 +197,30 @@ class ColBERT(nn.Module):
         """Embed tokenised queries; every position is scored when query augmentation is on."""
         return TokenEmbeddings(self._embed(queries), queries.scored_mask.bool())
 
-    def encode_documents(self, documents: TokenizedText) -> TokenEmbeddings:
-        """Embed tokenised documents; padding and (by default) punctuation are not scored."""
-        return TokenEmbeddings(self._embed(documents), documents.scored_mask.bool())
+    def encode_documents(self, documents: TokenizedText, buckets: int = 1) -> TokenEmbeddings:
+        """Embed tokenised documents; padding and (by default) punctuation are not scored.
+
+        ``buckets > 1`` encodes the documents in up to that many groups of similar length, each
+        padded only to its own longest (:func:`length_buckets`), then pads the embeddings back
+        to the batch's width with zeros: the same embeddings at every attended position, up to
+        float rounding, for less encoder work when lengths vary. Dropout draws differ from one
+        call over the whole batch, so a training step is equal only without dropout.
+        """
+        mask = documents.scored_mask.bool()
+        if buckets <= 1 or len(documents) < 2:
+            return TokenEmbeddings(self._embed(documents), mask)
+        lengths = documents.attention_mask.sum(dim=1)
+        width = documents.input_ids.shape[1]
+        positions = torch.arange(width, device=lengths.device)
+        if not torch.equal(documents.attention_mask.bool(), positions < lengths[:, None]):
+            raise ValueError("encoding documents in buckets needs right-padded documents")
+        order, groups = length_buckets(lengths, buckets)
+        parts = []
+        for rows in groups:
+            longest = int(lengths[rows].max())
+            embedded = self._embed(documents[rows, :longest])
+            parts.append(nn.functional.pad(embedded, (0, 0, 0, width - longest)))
+        return TokenEmbeddings(torch.cat(parts)[order.argsort()], mask)
 
     def score(self, queries: TokenEmbeddings, documents: TokenEmbeddings) -> torch.Tensor:
         """MaxSim scores, (Q, D), of every query against every document."""
@@ -344,3 +365,50 @@ def _summarise_init(model: nn.Module, loaded: set[str], source: str | None) -> I
         counts = loaded_counts if name in loaded else random_counts
         counts[group] += parameter.numel()
     return InitSummary(dict(loaded_counts), dict(random_counts), source if loaded else None)
+
+
+def length_buckets(lengths: torch.Tensor, buckets: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Split rows into at most ``buckets`` groups of similar length, padding the least.
+
+    The rows sorted by length are cut into contiguous groups so that the padded size, the sum
+    over groups of rows x the group's longest length, is the smallest possible (dynamic
+    programming over the cut points).
+
+    Args:
+        lengths: (N,) lengths of the rows.
+        buckets: the most groups.
+
+    Returns:
+        ``order``, the rows by increasing length, and the groups: index tensors of rows, which
+        are consecutive slices of ``order``.
+
+    Example:
+        >>> order, groups = length_buckets(torch.tensor([9, 2, 3, 10]), 2)
+        >>> [group.tolist() for group in groups]
+        [[1, 2], [0, 3]]
+    """
+    order = lengths.argsort(stable=True)
+    ordered = lengths[order].to(torch.float64).cpu()
+    count = len(ordered)
+    buckets = max(1, min(buckets, count))
+    # cost[i, j]: rows i..j-1 of the sorted order in one group, padded to row j-1's length
+    starts = torch.arange(count + 1, dtype=torch.float64)[:, None]
+    ends = torch.arange(count + 1, dtype=torch.float64)[None, :]
+    longest = torch.cat([ordered.new_zeros(1), ordered])[None, :]
+    cost = torch.where(ends > starts, (ends - starts) * longest, torch.inf)
+    best = cost[0].clone()  # best[j]: rows 0..j-1 in one group
+    choices = []
+    for _ in range(buckets - 1):
+        total = best[:, None] + cost  # (cut i, end j)
+        total[:, 0] = torch.inf
+        best, cut = total.min(dim=0)
+        choices.append(cut)
+    cuts, end = [], count
+    for cut in reversed(choices):
+        start = int(cut[end])
+        if 0 < start < end:
+            cuts.append(start)
+            end = start
+    bounds = [0, *sorted(cuts), count]
+    groups = [order[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)]
+    return order, [group for group in groups if len(group)]
