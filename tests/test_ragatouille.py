@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def cranfield():
     return pairs, corpus.texts[:200]
 
 
-def test_ragatouille_from_scratch_script_runs_end_to_end(tiny_bert, cranfield, tmp_path):
+def test_ragatouille_from_scratch_script_runs_end_to_end(tiny_bert, cranfield, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="colbert_lightning.compat.ragatouille")
     pairs, my_full_corpus = cranfield
     # --- RAGatouille's documented script; only the import differs (and the tiny sizes) ---
     from colbert_lightning import RAGTrainer
@@ -102,6 +104,7 @@ def test_ragatouille_from_scratch_script_runs_end_to_end(tiny_bert, cranfield, t
         overrides=QUICK,
     )
     # --- what it produced ---
+    assert any("nbits=4: PLAID" in record.getMessage() for record in caplog.records)
     assert trainer.results["steps"] == 3
     # the encoder's pretrained weights were loaded; only the projection started random
     assert trainer.results["init"]["random"] == {"linear": 16 * 32}

@@ -47,7 +47,7 @@ Deliberate differences from RAGatouille 0.0.x:
 - ``n_usable_gpus``: -1 uses every visible GPU; more than one runs Lightning DDP (one process per
   GPU; ``batch_size`` is the total, split across them); none visible trains on the CPU, with a
   warning when GPUs were asked for.
-- ``nbits`` (index compression) has no effect on training and is only recorded; ``use_relu``
+- ``nbits`` (index compression) has no effect on training and is only logged; ``use_relu``
   must stay False (colbert-ai ignores it too).
 - ``dev_queries`` (keyword) holds out queries for dev evaluation during training; then the
   returned model is the best checkpoint by dev nDCG@10, else the last one.
@@ -281,7 +281,7 @@ class RAGTrainer:
             raise RuntimeError("call prepare_training_data before train")
         if use_relu:
             raise ValueError("use_relu=True is not supported (colbert-ai ignores it as well)")
-        del nbits  # compression of an index, not of training
+        log.info("nbits=%s: PLAID's index compression, no effect on training (logged only)", nbits)
         if accumsteps < 1 or maxsteps < 1:
             raise ValueError(f"accumsteps and maxsteps must be >= 1, got {accumsteps}, {maxsteps}")
         devices = self._devices()
@@ -366,7 +366,7 @@ class RAGTrainer:
 
         Args:
             batch_size: triples per optimiser step, over all GPUs and accumulation steps.
-            nbits: recorded only (index compression).
+            nbits: logged only (PLAID's index compression; no effect on training).
             maxsteps: at most this many optimiser steps (and at most one pass over the triples:
                 see :meth:`optimizer_steps`).
             use_ib_negatives: the other queries' documents are negatives too.
