@@ -154,18 +154,12 @@ class ColBERTModule(pl.LightningModule):
                 "module.contrastive_weight and module.distillation_weight are both 0: no loss "
                 "to train on"
             )
-        if isinstance(cache_chunk_size, bool) or not (
-            isinstance(cache_chunk_size, int) and cache_chunk_size >= 1
+        for name, value in (
+            ("cache_chunk_size", cache_chunk_size),
+            ("document_buckets", document_buckets),
         ):
-            raise ValueError(
-                f"module.cache_chunk_size must be an integer >= 1, got {cache_chunk_size!r}"
-            )
-        if isinstance(document_buckets, bool) or not (
-            isinstance(document_buckets, int) and document_buckets >= 1
-        ):
-            raise ValueError(
-                f"module.document_buckets must be an integer >= 1, got {document_buckets!r}"
-            )
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"module.{name} must be an integer >= 1, got {value!r}")
         self.mask_false_negatives = mask_false_negatives
         self.temperature = float(temperature)
         self.contrastive_weight = float(contrastive_weight)
