@@ -234,12 +234,18 @@ def write_peer_spec(module: Any, batches: list[Any], folder: Path, lr: float) ->
         columns = [
             {"input_ids": batch.queries.input_ids, "attention_mask": batch.queries.attention_mask}
         ]
+        # PyLate 1.6's collator tokenises every column with pad=True: documents are padded to
+        # document_length (doc_maxlen), whatever their lengths (and its loss stacks the columns)
+        padding = model.config.doc_maxlen - batch.documents.input_ids.shape[1]
+        pad_id = model.tokenizer.tokenizer.pad_token_id
         for column in range(batch.nway):
             ids = batch.documents.input_ids[column :: batch.nway]
             mask = batch.documents.attention_mask[column :: batch.nway]
-            longest = int(mask.sum(dim=1).max())  # each column padded to its own longest
             columns.append(
-                {"input_ids": ids[:, :longest].clone(), "attention_mask": mask[:, :longest].clone()}
+                {
+                    "input_ids": torch.nn.functional.pad(ids, (0, padding), value=pad_id),
+                    "attention_mask": torch.nn.functional.pad(mask, (0, padding), value=0),
+                }
             )
         peer_batches.append(columns)
     config = model.config

@@ -10,7 +10,7 @@ layer, and then answers one JSON command per line on stdin with one JSON line on
     {"cmd": "quit"}
 
 A step is what PyLate's Contrastive training does per batch: ``Contrastive(model)`` on
-``[queries, positives, negatives]`` feature dicts (each column padded to its own longest, as
+``[queries, positives, negatives]`` feature dicts (documents padded to ``doc_maxlen``, as
 PyLate's collator pads them), backward, gradient clipping at 1.0 (the Hugging Face Trainer's
 default ``max_grad_norm``), AdamW step (fused, the Trainer's default ``adamw_torch_fused`` with
 torch >= 2.8; ``--no-fused-adamw`` for the for-loop one), zero_grad. Tokenisation is not timed on
