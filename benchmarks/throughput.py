@@ -312,6 +312,15 @@ def our_runner(module: Any, optimizer: Any, batches: list[Any], device: torch.de
     return run
 
 
+def variant_runner(
+    module: Any, optimizer: Any, variant: Variant, batches: list[Any], device: torch.device
+) -> Any:
+    """:func:`our_runner` with the variant's levers set on the module and its optimiser."""
+    module.gathered_maxsim = variant.gathered_maxsim
+    module.document_buckets = variant.document_buckets
+    return our_runner(module, optimizer(variant.fused_adamw), batches, device)
+
+
 def profile_table(run: Any, steps: int, precision: str, device: torch.device, rows: int) -> str:
     """torch.profiler's top operators (by self time) over ``steps`` steps."""
     from torch.profiler import ProfilerActivity, profile
@@ -381,9 +390,7 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
     peak = peak_flops(device)
     try:
         for key, variant, peer_precision in variants:
-            module.gathered_maxsim = variant.gathered_maxsim
-            module.document_buckets = variant.document_buckets
-            run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
+            run = variant_runner(module, optimizer, variant, on_device, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             run(args.warmup, variant.precision)
@@ -451,9 +458,7 @@ def model_step_section(args: argparse.Namespace, device: torch.device, out: str)
         if args.profile_steps:
             first, last = variants[0][1], variants[-1][1]
             for label, variant in (("before", first), ("after", last)):
-                module.gathered_maxsim = variant.gathered_maxsim
-                module.document_buckets = variant.document_buckets
-                run = our_runner(module, optimizer(variant.fused_adamw), on_device, device)
+                run = variant_runner(module, optimizer, variant, on_device, device)
                 results[f"profile_{label}"] = {
                     "variant": variant.name,
                     "table": profile_table(
