@@ -403,12 +403,10 @@ def length_buckets(lengths: torch.Tensor, buckets: int) -> tuple[torch.Tensor, l
         total[:, 0] = torch.inf
         best, cut = total.min(dim=0)
         choices.append(cut)
-    cuts, end = [], count
+    # each pass added one non-empty group: walk the cut points back from the last row
+    bounds = [count]
     for cut in reversed(choices):
-        start = int(cut[end])
-        if 0 < start < end:
-            cuts.append(start)
-            end = start
-    bounds = [0, *sorted(cuts), count]
-    groups = [order[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)]
-    return order, [group for group in groups if len(group)]
+        bounds.append(int(cut[bounds[-1]]))
+    bounds.append(0)
+    bounds.reverse()
+    return order, [order[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)]
