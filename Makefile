@@ -48,7 +48,7 @@ BENCH_DIR ?= benchmarks/out
 bench: $(VENV)/.installed ## CPU benchmarks: throughput vs PyLate (own venv, set up once), data pipeline, streaming memory, eval cost
 	bash benchmarks/peers/pylate16/setup.sh
 	$(BIN)/python benchmarks/throughput.py --out $(BENCH_DIR) --pairs 5 --steps 3 --profile-steps 2 \
-		--variants fp32 fp32_all bf16 bf16_all bf16_all@32 --e2e default bf16_all --e2e-steps 12 --e2e-warmup 3
+		--variants fp32 fp32_all bf16 bf16_all bf16_all@32 --e2e default plain bf16 --e2e-steps 12 --e2e-warmup 3
 	$(BIN)/python benchmarks/throughput.py --out $(BENCH_DIR) --pairs 5 --steps 3 --profile-steps 2 \
 		--lengths msmarco --variants fp32 fp32_all bf16 bf16_all --e2e-steps 0 --name throughput_cpu_msmarco
 	$(BIN)/python benchmarks/data_pipeline.py --out $(BENCH_DIR) --batches 40

@@ -104,7 +104,7 @@ if [[ "$cuda" == 1 ]]; then
         timeout 200 "$python" benchmarks/throughput.py --device cuda --model bert_base \
             --batch-size "$batch" --threads 4 --batches 8 --warmup 5 --steps 10 --pairs 5 \
             --lengths msmarco --variants bf16 bf16_fused_gathered bf16_all --profile-steps 3 \
-            --e2e bf16 bf16_fused_gathered --e2e-steps 30 --e2e-warmup 5 --workers 4 \
+            --e2e plain bf16 --e2e-steps 30 --e2e-warmup 5 --workers 4 \
             "${peer_args[@]}" --out "$out" --name "throughput_cuda_b$batch" 2>&1 | tee -a "$log"
         [[ "${PIPESTATUS[0]}" == 0 ]] || status=1
     done

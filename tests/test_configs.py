@@ -21,6 +21,7 @@ GROUPS = [
     "model",
     "data",
     "module",
+    "speed",
     "trainer",
     "callbacks",
     "logger",
@@ -80,6 +81,33 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         assert trainer.fast_dev_run == 1
     else:
         assert trainer.max_steps == cfg.trainer.max_steps
+
+
+# Experiments whose figures are recorded in experiments/: run before the speed levers became the
+# default, they select speed=plain to reproduce bit for bit.
+RECORDED = [
+    "cranfield_scratch",
+    "cranfield_minilm",
+    "scifact_scratch",
+    "scifact_pretrained",
+    "scifact_ablation",
+    "distill_scifact",
+]
+
+
+def _speed_levers(cfg) -> tuple:
+    return cfg.module.document_buckets, cfg.module.gathered_maxsim, cfg.module.optimizer.fused
+
+
+@pytest.mark.parametrize("experiment", RECORDED)
+def test_recorded_experiments_run_without_the_speed_levers(experiment, tmp_path):
+    plain = (1, False, None)
+    assert _speed_levers(compose_train(tmp_path, tmp_path, [])) == (4, True, True)
+    assert _speed_levers(compose_train(tmp_path, tmp_path, ["speed=plain"])) == plain
+    recorded = compose_train(tmp_path, tmp_path, [f"experiment={experiment}"])
+    assert _speed_levers(recorded) == plain
+    overrides = [f"experiment={experiment}", "speed=fast"]
+    assert _speed_levers(compose_train(tmp_path, tmp_path, overrides)) == (4, True, True)
 
 
 @pytest.mark.parametrize("option", ["minilm", "bert_base", "bert_base_random"])
