@@ -99,8 +99,10 @@ def test_gathered_maxsim_document_without_scored_tokens_scores_minus_infinity():
     torch.testing.assert_close(actual[:, 0], expected[:, 0])
 
 
-def tiny_module(tmp_path, overrides=()):
-    cfg = compose_train(tmp_path / "out", tmp_path / "cache", [*TINY_OVERRIDES, *overrides])
+def tiny_module(tmp_path, overrides=(), speed="plain"):
+    """The tiny module and a batch; by default without the speed levers, each test adds one."""
+    overrides = [*TINY_OVERRIDES, f"speed={speed}", *overrides]
+    cfg = compose_train(tmp_path / "out", tmp_path / "cache", overrides)
     torch.manual_seed(0)
     model = ColBERT.from_config(instantiate(cfg.model))
     module = instantiate(cfg.module, model=model)
@@ -289,6 +291,33 @@ def test_document_buckets_option_gives_the_same_training_step(tmp_path):
     assert gradients.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(gradients[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_default_levers_together_give_the_plain_training_step(tmp_path):
+    # speed=fast (the default: buckets, gathered MaxSim, fused AdamW) against speed=plain: the
+    # loss, every gradient and the weights after two optimiser steps
+    runs = {}
+    for speed in ("plain", "fast"):
+        module, batch = tiny_module(tmp_path, speed=speed)
+        module.scheduler_factory = None
+        optimizer = module.configure_optimizers()["optimizer"]
+        loss, gradients = loss_and_gradients(module, batch, "cpu")
+        optimizer.step()
+        loss_and_gradients(module, batch, "cpu")
+        optimizer.step()
+        weights = {name: p.detach().clone() for name, p in module.named_parameters()}
+        runs[speed] = (module, optimizer, loss, gradients, weights)
+    plain, fast = runs["plain"], runs["fast"]
+    assert (plain[0].document_buckets, plain[0].gathered_maxsim) == (1, False)
+    assert (fast[0].document_buckets, fast[0].gathered_maxsim) == (4, True)
+    assert plain[1].defaults["fused"] is None and fast[1].defaults["fused"] is True
+    torch.testing.assert_close(fast[2], plain[2], rtol=1e-5, atol=1e-6)
+    for name, expected in plain[3].items():
+        torch.testing.assert_close(fast[3][name], expected, rtol=1e-4, atol=1e-6)
+    # Adam divides by the root of the squared gradients, so rounding in a near-zero gradient moves
+    # a weight by up to ~1e-6 where a wrong gradient would move it by the step size, lr = 1e-3
+    for name, expected in plain[4].items():
+        torch.testing.assert_close(fast[4][name], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])
