@@ -95,21 +95,26 @@ RECORDED = [
 ]
 
 
+# (document_buckets, gathered_maxsim, optimizer.fused)
+LEVERS_ON = (4, True, True)
+LEVERS_OFF = (1, False, None)
+
+
 def _speed_levers(cfg) -> tuple:
     return cfg.module.document_buckets, cfg.module.gathered_maxsim, cfg.module.optimizer.fused
 
 
 def test_the_speed_levers_are_on_by_default_and_speed_plain_turns_them_off(tmp_path):
-    assert _speed_levers(compose_train(tmp_path, tmp_path, [])) == (4, True, True)
-    assert _speed_levers(compose_train(tmp_path, tmp_path, ["speed=plain"])) == (1, False, None)
+    assert _speed_levers(compose_train(tmp_path, tmp_path, [])) == LEVERS_ON
+    assert _speed_levers(compose_train(tmp_path, tmp_path, ["speed=plain"])) == LEVERS_OFF
 
 
 @pytest.mark.parametrize("experiment", RECORDED)
 def test_recorded_experiments_run_without_the_speed_levers(experiment, tmp_path):
     recorded = compose_train(tmp_path, tmp_path, [f"experiment={experiment}"])
-    assert _speed_levers(recorded) == (1, False, None)
+    assert _speed_levers(recorded) == LEVERS_OFF
     overrides = [f"experiment={experiment}", "speed=fast"]
-    assert _speed_levers(compose_train(tmp_path, tmp_path, overrides)) == (4, True, True)
+    assert _speed_levers(compose_train(tmp_path, tmp_path, overrides)) == LEVERS_ON
 
 
 @pytest.mark.parametrize("option", ["minilm", "bert_base", "bert_base_random"])

@@ -5,6 +5,8 @@ The CUDA cases run where a GPU is present (``benchmarks/gpu_check.sh`` runs this
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -118,6 +120,26 @@ def tiny_module(tmp_path, overrides=(), speed="plain"):
     return module, Collator(model.tokenizer)(examples)
 
 
+class TwoSteps(NamedTuple):
+    optimizer: torch.optim.Optimizer
+    loss: torch.Tensor  # of the first step
+    gradients: dict[str, torch.Tensor]  # of the first step
+    weights: dict[str, torch.Tensor]  # after the second step
+
+
+def two_adamw_steps(module, batch, device):
+    """Two optimiser steps on one batch, without the learning-rate schedule."""
+    module.scheduler_factory = None
+    module.to(device)
+    optimizer = module.configure_optimizers()["optimizer"]
+    loss, gradients = loss_and_gradients(module, batch, device)
+    optimizer.step()
+    loss_and_gradients(module, batch, device)
+    optimizer.step()
+    weights = {name: p.detach().clone() for name, p in module.named_parameters()}
+    return TwoSteps(optimizer, loss, gradients, weights)
+
+
 def loss_and_gradients(module, batch, device, precision="32"):
     module.zero_grad(set_to_none=True)
     context = (
@@ -174,14 +196,9 @@ def test_fused_adamw_option_matches_the_default_update(tmp_path, device):
     results = []
     for fused in ("null", "true"):
         module, batch = tiny_module(tmp_path, [f"module.optimizer.fused={fused}"])
-        module.scheduler_factory = None
-        module.to(device)
-        optimizer = module.configure_optimizers()["optimizer"]
-        assert optimizer.defaults["fused"] == (fused == "true" or None)
-        for _ in range(2):
-            loss_and_gradients(module, batch, device)
-            optimizer.step()
-        results.append({name: p.detach().clone() for name, p in module.named_parameters()})
+        steps = two_adamw_steps(module, batch, device)
+        assert steps.optimizer.defaults["fused"] == (fused == "true" or None)
+        results.append(steps.weights)
     for name, expected in results[0].items():
         torch.testing.assert_close(results[1][name], expected, rtol=1e-5, atol=1e-6)
 
@@ -296,28 +313,21 @@ def test_document_buckets_option_gives_the_same_training_step(tmp_path):
 def test_the_default_levers_together_give_the_plain_training_step(tmp_path):
     # speed=fast (the default: buckets, gathered MaxSim, fused AdamW) against speed=plain: the
     # loss, every gradient and the weights after two optimiser steps
-    runs = {}
+    modules, steps = {}, {}
     for speed in ("plain", "fast"):
-        module, batch = tiny_module(tmp_path, speed=speed)
-        module.scheduler_factory = None
-        optimizer = module.configure_optimizers()["optimizer"]
-        loss, gradients = loss_and_gradients(module, batch, "cpu")
-        optimizer.step()
-        loss_and_gradients(module, batch, "cpu")
-        optimizer.step()
-        weights = {name: p.detach().clone() for name, p in module.named_parameters()}
-        runs[speed] = (module, optimizer, loss, gradients, weights)
-    plain, fast = runs["plain"], runs["fast"]
-    assert (plain[0].document_buckets, plain[0].gathered_maxsim) == (1, False)
-    assert (fast[0].document_buckets, fast[0].gathered_maxsim) == (4, True)
-    assert plain[1].defaults["fused"] is None and fast[1].defaults["fused"] is True
-    torch.testing.assert_close(fast[2], plain[2], rtol=1e-5, atol=1e-6)
-    for name, expected in plain[3].items():
-        torch.testing.assert_close(fast[3][name], expected, rtol=1e-4, atol=1e-6)
+        modules[speed], batch = tiny_module(tmp_path, speed=speed)
+        steps[speed] = two_adamw_steps(modules[speed], batch, "cpu")
+    plain, fast = steps["plain"], steps["fast"]
+    assert (modules["plain"].document_buckets, modules["plain"].gathered_maxsim) == (1, False)
+    assert (modules["fast"].document_buckets, modules["fast"].gathered_maxsim) == (4, True)
+    assert plain.optimizer.defaults["fused"] is None and fast.optimizer.defaults["fused"] is True
+    torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-5, atol=1e-6)
+    for name, expected in plain.gradients.items():
+        torch.testing.assert_close(fast.gradients[name], expected, rtol=1e-4, atol=1e-6)
     # Adam divides by the root of the squared gradients, so rounding in a near-zero gradient moves
     # a weight by up to ~1e-6 where a wrong gradient would move it by the step size, lr = 1e-3
-    for name, expected in plain[4].items():
-        torch.testing.assert_close(fast[4][name], expected, rtol=1e-5, atol=1e-5)
+    for name, expected in plain.weights.items():
+        torch.testing.assert_close(fast.weights[name], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])

@@ -14,6 +14,10 @@ Every ASCII punctuation character, digit and letter is in the vocabulary as a to
 seen in the corpora or not: the punctuation skiplist (``model.mask_punctuation``) then holds the
 ids of the punctuation characters, never that of ``[UNK]``.
 
+Every other piece's id is its place in sorted order after them, not the trainer's (which
+numbers equally frequent pieces differently from run to run): the same corpora and settings give
+the same ``vocab.txt``, so the same model from the same seed.
+
 Files in the output folder: ``vocab.txt`` (one token per line, line number = id),
 ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` and the manifest
 ``vocabulary.json`` (the corpora, the sizes asked and obtained, the settings, the documents read,
@@ -161,6 +165,7 @@ def train_vocabulary(
             f"no document to train a vocabulary on in {names}: every line is blank "
             "(or a BEIR record without title and text)"
         )
+    tokenizer.model = _in_canonical_order(tokenizer)
     _add_post_processor(tokenizer)
     trained_size = tokenizer.get_vocab_size()
 
@@ -263,6 +268,31 @@ def _initial_alphabet(lowercase: bool) -> list[str]:
     """
     letters = string.ascii_lowercase if lowercase else string.ascii_letters
     return list(string.punctuation + string.digits + letters)
+
+
+def _in_canonical_order(tokenizer: Tokenizer) -> WordPiece:
+    """The trained word pieces at ids that do not depend on the trainer's hash order.
+
+    The trainer numbers equally frequent pieces in an order that changes from run to run (and
+    from call to call in one process): the same pieces at other ids, so another embedding row
+    for each and another model from the same seed. WordPiece splits a word by longest match,
+    whatever the ids, so the special tokens keep their ids and every other piece takes the next
+    free id in sorted (code point) order.
+    """
+    pieces = tokenizer.get_vocab(with_added_tokens=False)
+    trained_specials = [pieces.get(token) for token in SPECIAL_TOKENS]
+    if trained_specials != list(range(len(SPECIAL_TOKENS))):
+        raise RuntimeError(
+            f"the tokenizers library ({tokenizers.__version__}) trained the special tokens at "
+            f"ids {trained_specials}, not 0-{len(SPECIAL_TOKENS) - 1}"
+        )
+    ordered = [*SPECIAL_TOKENS, *sorted(set(pieces) - set(SPECIAL_TOKENS))]
+    return WordPiece(
+        vocab={piece: index for index, piece in enumerate(ordered)},
+        unk_token="[UNK]",
+        continuing_subword_prefix=CONTINUING_SUBWORD_PREFIX,
+        max_input_chars_per_word=tokenizer.model.max_input_chars_per_word,
+    )
 
 
 def _add_post_processor(tokenizer: Tokenizer) -> None:
